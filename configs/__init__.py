@@ -1,0 +1,1 @@
+"""ml-collections configs. Each preset file defines `get_config(arg)`."""

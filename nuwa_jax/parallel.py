@@ -276,7 +276,9 @@ def initialize_distributed(env: Mapping[str, str] | None = None) -> str:
         try:
             count, pid = int(env[ENV_NUM_PROCESSES]), int(env[ENV_PROCESS_ID])
         except ValueError as e:
-            raise ValueError(f"{ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} must be integers: {e}")
+            raise ValueError(
+                f"{ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} must be integers: {e}"
+            ) from None
         if not 0 <= pid < count:
             raise ValueError(f"{ENV_PROCESS_ID}={pid} is not in [0, {ENV_NUM_PROCESSES}={count})")
         if env.get("JAX_PLATFORMS", "") == "cpu":

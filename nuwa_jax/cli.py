@@ -1,0 +1,100 @@
+"""What every command-line entry point shares: the `--config` flag and its strict checks.
+
+Each CLI does
+
+    _CONFIG = cli.define_config_flag()
+    def main(argv): config = _CONFIG.value; ...
+    if __name__ == "__main__": cli.run(main)
+
+so `--config=configs/x.py:arg --config.a.b=value` works for every CLI. ml-collections
+already rejects a value of the wrong type (naming the flag); `define_config_flag` adds a
+check that
+every `--config.a.b` override names a key that exists, with the known keys in the error.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+DEFAULT_CONFIG = "configs/tiny.py"
+
+
+def define_config_flag(default: str = DEFAULT_CONFIG) -> flags.FlagHolder:
+    """Defines `--config` (an ml-collections config file with an optional `:arg`).
+
+    config_flags reads the `--config.*` overrides in sys.argv right here, so the check
+    that each names an existing key runs first: its error is printed and we exit 2.
+    """
+    try:
+        check_config_overrides(sys.argv[1:], default)
+    except (KeyError, FileNotFoundError, AttributeError) as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        sys.exit(2)
+    return config_flags.DEFINE_config_file(
+        "config", default, "Config file, `path/to/config.py[:arg]`.", lock_config=True
+    )
+
+
+def repo_root() -> str:
+    """The repository root (the parent of the `nuwa_jax` package)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Loads `path/to/config.py[:arg]` as config_flags does (relative paths: cwd, then repo)."""
+    path, _, arg = spec.partition(":")
+    if not os.path.exists(path) and os.path.exists(os.path.join(repo_root(), path)):
+        path = os.path.join(repo_root(), path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config file {path!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location("_nuwa_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise AttributeError(f"config file {path!r} has no get_config(arg) function")
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def _config_spec(argv: Sequence[str], default: str) -> str:
+    spec = default
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            spec = a.split("=", 1)[1]
+        elif a == "--config" and i + 1 < len(argv):
+            spec = argv[i + 1]
+    return spec
+
+
+def check_config_overrides(argv: Sequence[str], default: str = DEFAULT_CONFIG) -> None:
+    """Raises a clear error if any `--config.a.b[=v]` in argv names a key that does not exist."""
+    overrides = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    if not overrides:
+        return
+    spec = _config_spec(argv, default)
+    config = load_config(spec)
+    for key in overrides:
+        node: Any = config
+        walked = []
+        for part in key.split("."):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                where = ".".join(walked) or "<top level>"
+                known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+                raise KeyError(
+                    f"--config.{key}: unknown config key {part!r} under {where} of {spec} "
+                    f"(known: {', '.join(known)})"
+                )
+            walked.append(part)
+            node = node[part]
+
+
+def run(main: Callable[[list[str]], Any]) -> None:
+    """`absl.app.run(main)`: flags parsed, then main(argv)."""
+    app.run(main)

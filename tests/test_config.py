@@ -1,0 +1,73 @@
+"""Configs load for every preset; CLI overrides are strict and errors name the key."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import common
+from nuwa_jax import cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "configs/tiny.py",
+        "configs/demo.py",
+        "configs/flintstones.py:128",
+        "configs/flintstones.py:256",
+    ],
+)
+def test_presets_load(spec):
+    config = cli.load_config(spec)
+    assert config.preset in common.PRESETS
+    for section in ("mesh", "sharding", "compute", "hierarchy"):
+        assert section in config
+
+
+def test_unknown_preset_and_bad_arg():
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        common.base("huge")
+    with pytest.raises(ValueError, match=":128 or :256"):
+        cli.load_config("configs/flintstones.py:512")
+
+
+def test_override_check_names_unknown_key():
+    cli.check_config_overrides(["--config.mesh.ici_fsdp=2"])
+    with pytest.raises(KeyError, match="unknown config key 'bogus' under mesh"):
+        cli.check_config_overrides(["--config.mesh.bogus=2"])
+    with pytest.raises(KeyError, match="'nope' under <top level>"):
+        cli.check_config_overrides(["--config=configs/demo.py", "--config.nope.x=1"])
+    with pytest.raises(FileNotFoundError, match="missing.py"):
+        cli.check_config_overrides(["--config=configs/missing.py", "--config.seed=1"])
+
+
+def _run_probe(*args):
+    code = (
+        "from nuwa_jax import cli\n"
+        "_C = cli.define_config_flag()\n"
+        "def main(argv):\n"
+        "    print('ici_fsdp', _C.value.mesh.ici_fsdp, 'dtype', _C.value.compute.dtype)\n"
+        "cli.run(main)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )
+
+
+def test_cli_overrides_end_to_end():
+    ok = _run_probe("--config=configs/flintstones.py:256", "--config.mesh.ici_fsdp=4")
+    assert ok.returncode == 0, ok.stderr
+    assert "ici_fsdp 4 dtype bfloat16" in ok.stdout
+    unknown = _run_probe("--config.mesh.bogus=1")
+    assert unknown.returncode == 2 and "unknown config key 'bogus' under mesh" in unknown.stderr
+    wrong_type = _run_probe("--config.mesh.ici_fsdp=abc")
+    assert wrong_type.returncode != 0 and "config.mesh.ici_fsdp" in wrong_type.stderr

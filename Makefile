@@ -1,0 +1,45 @@
+# nuwa-jax: the README's two commands are `make demo` and `make test`.
+# Both create .venv at the repository root on first use and reuse it afterwards.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: venv venv-dev demo test lint format describe clean
+
+venv: $(VENV)/.runtime
+venv-dev: $(VENV)/.dev
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.runtime: requirements.txt pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -r requirements.txt
+	$(PIP) install --no-deps -e . --config-settings editable_mode=compat
+	touch $@
+
+$(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
+	$(PIP) install -r requirements-dev.txt
+	touch $@
+
+# Line 1 of the README: the main job on the embedded default (no downloads, CPU is enough).
+demo: venv
+	$(BIN)/python -m nuwa_jax.demo
+
+# Line 2 of the README: lint, format check and the whole test suite (8 simulated devices).
+test: venv-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+lint: venv-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv-dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,167 @@
+"""Writing generated videos: mp4 (streamed), gif, keyframe contact sheet, filmstrip.
+
+Everything is written under a temporary name in the target directory and renamed when
+complete, so a crash or a preemption never leaves a file that looks whole. The mp4 writer
+takes frames as they become final (generation finishes the last level chunk by chunk, in
+time order) so long videos never sit in memory whole.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from fractions import Fraction
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """[-1, 1] floats (any leading axes, channels last) -> uint8 RGB."""
+    frames = np.asarray(frames)
+    if frames.dtype == np.uint8:
+        return frames
+    return np.clip(np.round((frames + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def _temp_path(path: str) -> str:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    base, ext = os.path.splitext(os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".partial{ext}", dir=directory)
+    os.close(fd)
+    return tmp
+
+
+class Mp4Writer:
+    """Streams uint8 or [-1, 1] frames (H, W, 3) to an H.264 mp4, renamed into place on close.
+
+    Use as a context manager; an exception inside removes the partial file.
+    """
+
+    def __init__(self, path: str, fps: float, height: int, width: int, crf: int = 18):
+        import av
+
+        if height % 2 or width % 2:
+            raise ValueError(f"{path}: H.264 needs even frame sizes, got {height}x{width}")
+        self.path, self._tmp = path, _temp_path(path)
+        self._container = av.open(self._tmp, mode="w", format="mp4")
+        self._stream = self._container.add_stream(
+            "libx264", rate=Fraction(fps).limit_denominator(1000)
+        )
+        self._stream.height, self._stream.width = height, width
+        self._stream.pix_fmt = "yuv420p"
+        self._stream.options = {"crf": str(crf)}
+        self.frames_written = 0
+
+    def write(self, frames: np.ndarray) -> None:
+        """Appends frames (N, H, W, 3) or one frame (H, W, 3)."""
+        import av
+
+        frames = to_uint8(frames)
+        for frame in frames[None] if frames.ndim == 3 else frames:
+            for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                self._container.mux(packet)
+            self.frames_written += 1
+
+    def close(self) -> None:
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        try:
+            self._container.close()
+        finally:
+            if os.path.exists(self._tmp):
+                os.remove(self._tmp)
+
+    def __enter__(self) -> Mp4Writer:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_mp4(path: str, frames: Iterable[np.ndarray], fps: float) -> int:
+    """Writes an iterable of frame batches (N, H, W, 3) to `path`; returns the frame count."""
+    writer = None
+    try:
+        for chunk in frames:
+            chunk = to_uint8(chunk)
+            chunk = chunk[None] if chunk.ndim == 3 else chunk
+            if writer is None:
+                writer = Mp4Writer(path, fps, chunk.shape[1], chunk.shape[2])
+            writer.write(chunk)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is None:
+        raise ValueError(f"{path}: no frames to write")
+    writer.close()
+    return writer.frames_written
+
+
+def _save_image(path: str, image: Image.Image, **kw) -> None:
+    tmp = _temp_path(path)
+    try:
+        image.save(tmp, format=kw.pop("format"), **kw)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_gif(path: str, frames: np.ndarray, fps: float, max_frames: int = 512) -> None:
+    """An animated gif of up to `max_frames` frames, evenly subsampled from `frames`."""
+    frames = to_uint8(frames)
+    if len(frames) > max_frames:
+        frames = frames[np.linspace(0, len(frames) - 1, max_frames).round().astype(int)]
+    images = [Image.fromarray(f) for f in frames]
+    _save_image(
+        path,
+        images[0],
+        format="GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=max(20, round(1000 / fps)),
+        loop=0,
+    )
+
+
+def grid(frames: np.ndarray, columns: int, pad: int = 2) -> np.ndarray:
+    """Tiles frames (N, H, W, 3) into a (rows x columns) uint8 image with white padding."""
+    frames = to_uint8(frames)
+    n, h, w, c = frames.shape
+    rows = math.ceil(n / columns)
+    out = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, c), 255, np.uint8)
+    for i, f in enumerate(frames):
+        r, q = divmod(i, columns)
+        y, x = pad + r * (h + pad), pad + q * (w + pad)
+        out[y : y + h, x : x + w] = f
+    return out
+
+
+def write_contact_sheet(path: str, keyframes: np.ndarray, columns: int | None = None) -> None:
+    """A PNG grid of the keyframes (the global level's frames)."""
+    columns = columns or math.ceil(math.sqrt(len(keyframes)))
+    _save_image(path, Image.fromarray(grid(keyframes, columns)), format="PNG")
+
+
+def filmstrip_indices(num_frames: int, count: int) -> np.ndarray:
+    """`count` frame indices spread evenly over a video (first and last included)."""
+    return np.unique(np.linspace(0, num_frames - 1, min(count, num_frames)).round().astype(int))
+
+
+def write_filmstrip(path: str, frames: np.ndarray | Sequence[np.ndarray]) -> None:
+    """A PNG strip of frames in one row (callers pick them with `filmstrip_indices`)."""
+    frames = np.asarray(frames)
+    _save_image(path, Image.fromarray(grid(frames, len(frames))), format="PNG")

@@ -79,7 +79,219 @@ def hierarchy_config(preset: str) -> ml_collections.ConfigDict:
     """Diffusion over Diffusion (nuwa_jax.hierarchy): L frames per call, depth m."""
     frames = {"tiny": 4, "demo": 8}.get(preset, 16)
     depth = {"tiny": 2}.get(preset, 3)
-    return ml_collections.ConfigDict(dict(frames_per_call=frames, depth=depth))
+    return ml_collections.ConfigDict(
+        dict(
+            frames_per_call=frames,
+            depth=depth,
+            # One MTD per level (the paper), or one local MTD shared by all local levels,
+            # told its level by mtd.num_level_embeddings (>= depth - 1).
+            share_local_models=False,
+        )
+    )
+
+
+def generation_config(preset: str) -> ml_collections.ConfigDict:
+    """Generation (nuwa_jax.hierarchy.generator, nuwa_jax.generate)."""
+    return ml_collections.ConfigDict(
+        dict(
+            num_frames=ml_collections.config_dict.placeholder(int),  # None: N(depth)
+            schedule="dod",  # 'dod' (Diffusion over Diffusion) | 'ar' (the FDM* baseline)
+            # Segments one device takes per model call: a level's segments run in chunks of
+            # max_segments_per_device x (data x fsdp devices), which bounds memory.
+            max_segments_per_device=1,
+            ar_context_frames=1,  # 'ar': frames of the previous segment given to the next
+            decode_frames=0,  # frames per VAE decode call (0: frames_per_call)
+            fps=8.0,
+            gif_max_frames=256,
+            filmstrip_frames=16,
+        )
+    )
+
+
+def mtd_config(preset: str) -> ml_collections.ConfigDict:
+    """MTD, NUWA-XL's Mask Temporal Diffusion 3-D UNet (nuwa_jax.models.mtd).
+
+    The spatial layout is diffusers' UNet2DConditionModel (SD-1.x for the flintstones
+    presets) so that its weights import (nuwa_jax.convert.unet); every block gains a
+    temporal conv after each spatial conv, a temporal attention after each spatial
+    transformer and the multi-scale, symmetric condition injection of the paper.
+    """
+    sd = preset.startswith("flintstones")
+    widths = {"tiny": (32, 64), "demo": (64, 128, 128)}.get(preset, (320, 640, 1280, 1280))
+    down = ("CrossAttnDownBlock2D",) * (len(widths) - 1) + ("DownBlock2D",)
+    up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (len(widths) - 1)
+    return ml_collections.ConfigDict(
+        dict(
+            in_channels=4,  # = VAE latent channels
+            out_channels=4,
+            block_out_channels=widths,
+            down_block_types=down,  # 'CrossAttnDownBlock2D' | 'DownBlock2D'
+            up_block_types=up,  # 'CrossAttnUpBlock2D' | 'UpBlock2D'
+            layers_per_block=2 if sd else 1,
+            # Heads of every attention (diffusers' SD-1.x `attention_head_dim`, which is
+            # really the number of heads); head width = block width / heads.
+            num_attention_heads=8 if sd else 4,
+            cross_attention_dim={"tiny": 32, "demo": 64}.get(preset, 768),  # = text width
+            norm_num_groups=32 if sd else 8,
+            norm_eps=1e-5,
+            use_linear_projection=False,  # proj_in/out of the spatial transformer: conv 1x1
+            flip_sin_to_cos=True,  # timestep embedding, diffusers semantics
+            freq_shift=0,
+            temporal_kernel_size=3,
+            # Condition injection: 'down_up' (symmetric, SI), 'up' or 'none';
+            # scales 'all' (multi-scale, MI) or 'highest' (latent resolution only).
+            injection_blocks="down_up",
+            injection_scales="all",
+            injection_kernel_size=1 if sd else 3,  # zero-init convs giving (w, b)
+            # > 0: an embedding of the hierarchy level added to the time embedding (one
+            # local model shared by all local levels).
+            num_level_embeddings=0 if sd else 2,
+            dropout=0.0,
+        )
+    )
+
+
+def diffusion_config(preset: str) -> ml_collections.ConfigDict:
+    """Noise schedule, parameterisation, sampler and guidance (nuwa_jax.diffusion).
+
+    The schedule is Stable Diffusion's (scaled_linear 0.00085 .. 0.012, T = 1000,
+    steps_offset 1, set_alpha_to_one False) so SD-initialised UNets see the noise levels
+    they were trained on. NUWA-XL: epsilon prediction, DDPM ancestral sampling (its paper);
+    step count and guidance scale are not in the paper and are our choices.
+    """
+    paper = preset.startswith("flintstones")
+    return ml_collections.ConfigDict(
+        dict(
+            schedule="scaled_linear",  # 'scaled_linear' | 'linear' | 'squaredcos_cap_v2'
+            num_train_timesteps=1000,
+            beta_start=0.00085,
+            beta_end=0.012,
+            set_alpha_to_one=False,  # DDIM: alpha-bar after the last step (SD: False)
+            prediction="epsilon",  # 'epsilon' | 'v'
+            sampler="ddpm" if paper else "ddim",  # 'ddpm' | 'ddim'
+            num_sampling_steps={"tiny": 3, "demo": 25}.get(preset, 50),
+            timestep_spacing="leading",  # 'leading' | 'trailing'
+            steps_offset=1,
+            eta=0.0,  # DDIM stochasticity (0: deterministic)
+            clip_sample=False,  # clip predicted x_0 to +-clip_sample_range
+            clip_sample_range=1.0,
+            guidance_scale=2.0 if preset in ("tiny", "demo") else 5.0,  # 1: no CFG
+            prompt_dropout=0.1,  # CFG training: share of examples trained unconditioned
+        )
+    )
+
+
+def text_config(preset: str) -> ml_collections.ConfigDict:
+    """Prompt encoder (nuwa_jax.models.text): 'byte' (offline, trainable) or 'clip'.
+
+    'clip' is CLIP ViT-L/14's text tower (SD-1.x's), imported from a local HF directory
+    `clip_dir` (model.safetensors + config.json + tokenizer files) by nuwa_jax.convert.clip.
+    'byte' is a small transformer over UTF-8 bytes, trained with the model.
+    """
+    clip = preset.startswith("flintstones")
+    width = {"tiny": 32, "demo": 64}.get(preset, 768)  # = mtd.cross_attention_dim
+    return ml_collections.ConfigDict(
+        dict(
+            kind="clip" if clip else "byte",  # 'byte' | 'clip'
+            clip_dir="",  # local HF CLIPTextModel directory ('clip' only)
+            max_length=77 if clip else {"tiny": 16}.get(preset, 32),  # tokens per prompt
+            width=width,
+            layers=12 if clip else 2,
+            heads=12 if clip else 4,
+            mlp_dim=4 * width,
+            vocab_size=49408 if clip else 259,  # byte: 256 bytes + PAD, BOS, EOS (fixed)
+            hidden_act="quick_gelu" if clip else "gelu",  # 'quick_gelu' | 'gelu'
+            layer_norm_eps=1e-5,
+            # Where the pooled output is read: the first eos_token_id; for CLIP, 2 means
+            # transformers' legacy rule (the largest id, = the first EOS for CLIP's vocab),
+            # as SD-1.x's text_encoder/config.json says. Byte: ByteTokenizer.EOS (2).
+            eos_token_id=2,
+            trainable=not clip,  # False: the encoder is frozen during training
+        )
+    )
+
+
+def data_config(preset: str) -> ml_collections.ConfigDict:
+    """Data (nuwa_jax.data): the frame store, the synthetic benchmark, video conversion.
+
+    Two owners share this section. Storage fields (this block: nuwa_jax/data/schema.py,
+    writer.py, synthetic.py, convert_videos.py, tfds_builders.py) are below; the grain
+    pipeline (nuwa_jax/data/pipeline.py) adds its own fields after the marked line.
+    `data_dir` / `eval_data_dir` are frame-store directories (metadata.json + shards,
+    see docs/data.md); read them with `schema.FrameStore(dir, skip_bad=skip_bad)`.
+    """
+    resolution = {"tiny": 32, "demo": 64, "flintstones_256": 256}.get(preset, 128)
+    return ml_collections.ConfigDict(
+        dict(
+            # 'synthetic': render the benchmark into data_dir if it has no metadata.json;
+            # 'frames': data_dir must already hold a frame store (converted videos).
+            source="synthetic" if preset in ("tiny", "demo") else "frames",
+            data_dir="",  # frame store of the training episodes
+            eval_data_dir="",  # frame store of held-out episodes ('' = none)
+            resolution=resolution,  # square frames, pixels per side
+            fps=8.0,  # frames per second of the stored episodes
+            image_format="png",  # 'png' (lossless) or 'jpeg'
+            jpeg_quality=95,
+            frames_per_shard=1024,  # consecutive frames of one episode per shard file
+            index_every=16,  # metadata.json keeps the byte offset of every n-th record
+            skip_bad=False,  # skip and count bad records instead of raising
+            # Synthetic benchmark (nuwa_jax.data.synthetic).
+            synthetic_seed=0,
+            synthetic_episodes={"tiny": 2}.get(preset, 8),
+            synthetic_eval_episodes={"tiny": 1}.get(preset, 2),
+            # (L-1)^m + 1 frames: a full 3-level hierarchy at L=16 needs 3376.
+            synthetic_frames={"tiny": 226}.get(preset, 3376),
+            # --- grain pipeline fields (nuwa_jax/data/pipeline.py) below this line ---
+            batch_size={"tiny": 8, "demo": 8}.get(preset, 64),  # global, all hosts
+            # Hierarchy levels whose training windows are mixed into the stream
+            # (0 = global); empty = every level of the plan.
+            levels=(),
+            # Local windows start only on the level-above grid (multiples of s_{j-1}),
+            # exactly like the segments of generation; False: at any frame.
+            align_windows=False,
+            shuffle_seed=0,  # window order; each host adds its process index
+            max_bad_retries=16,  # skip_bad: bad windows in a row before giving up
+            read_threads={"tiny": 2, "demo": 2}.get(preset, 16),  # loader threads per host
+            prefetch_buffer_size={"tiny": 8, "demo": 32}.get(preset, 256),  # examples
+            worker_count=0,  # grain worker processes (0: threads of this process only)
+            worker_buffer_size=2,  # batches buffered per worker process
+        )
+    )
+
+
+def vae_config(preset: str) -> ml_collections.ConfigDict:
+    """KL-VAE / T-KLVAE (nuwa_jax.models.vae): diffusers AutoencoderKL layout.
+
+    'flintstones_*': SD's KL-f8 exactly (its weights import via nuwa_jax.convert.vae from
+    `pretrained_dir`). 'tiny' and 'demo': f4 (three blocks, two downsamplings) so 32 / 64 px
+    frames give 8x8 / 16x16 latents, enough for the MTD UNet's levels. `temporal` makes
+    it NUWA-XL's T-KLVAE: an identity TemporalConv1D after every 3x3 spatial conv and a
+    zero-init TemporalAttention after every spatial attention.
+    """
+    sd = preset.startswith("flintstones")
+    widths = {"tiny": (16, 32, 32), "demo": (32, 64, 64)}.get(preset, (128, 256, 512, 512))
+    return ml_collections.ConfigDict(
+        dict(
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=widths,  # one down/up block each; len - 1 downsamplings
+            layers_per_block=2 if sd else 1,
+            latent_channels=4,
+            norm_num_groups=32 if sd else 8,
+            norm_eps=1e-6,
+            scaling_factor=0.18215,  # latents = (z - shift_factor) * scaling_factor
+            shift_factor=0.0,
+            use_quant_conv=True,
+            use_post_quant_conv=True,
+            mid_block_add_attention=True,
+            temporal=True,  # T-KLVAE
+            temporal_kernel_size=3,
+            temporal_attention=True,
+            temporal_attention_heads=1,
+            temporal_position_embedding="sinusoidal",  # 'sinusoidal' | 'none'
+            pretrained_dir="",  # local diffusers AutoencoderKL directory ('' = random init)
+        )
+    )
 
 
 def base(preset: str) -> ml_collections.ConfigDict:
@@ -93,4 +305,10 @@ def base(preset: str) -> ml_collections.ConfigDict:
     config.sharding = sharding_config()
     config.compute = compute_config(preset)
     config.hierarchy = hierarchy_config(preset)
+    config.generation = generation_config(preset)
+    config.vae = vae_config(preset)
+    config.diffusion = diffusion_config(preset)
+    config.text = text_config(preset)
+    config.mtd = mtd_config(preset)
+    config.data = data_config(preset)
     return config

@@ -204,20 +204,21 @@ def abstract_model(make_model: Callable[[], M], mesh: Mesh, rules: Rules):
 def create_sharded_model(make_model: Callable[[], M], mesh: Mesh, rules: Rules) -> M:
     """Builds `make_model()` with every variable created directly in its sharding.
 
-    The model is traced abstractly, its variables' logical names give the target
-    shardings, and one jitted init with those out-shardings materialises it: each
-    device computes only its own shards.
+    One jitted init, traced once: each variable's logical names give its target sharding,
+    applied as a sharding constraint on the freshly initialised value, so each device
+    computes only its own shards and no host ever holds a full copy.
     """
-    graphdef, abstract = abstract_model(make_model, mesh, rules)
-    shardings = jax.tree.map(lambda a: a.sharding, abstract)
+    built: dict[str, Any] = {}
 
-    @jax.jit
     def init():
-        return nnx.state(make_model())
+        graphdef, state = nnx.split(make_model())
+        built["graphdef"] = graphdef
+        shardings = state_shardings(state, mesh, rules)
+        return jax.tree.map(jax.lax.with_sharding_constraint, state, shardings)
 
     with jax.set_mesh(mesh):
-        state = jax.jit(init, out_shardings=shardings)()
-    return nnx.merge(graphdef, state)
+        state = jax.jit(init)()
+    return nnx.merge(built["graphdef"], state)
 
 
 # ---------------------------------------------------------------------------------------

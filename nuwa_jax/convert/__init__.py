@@ -1,0 +1,1 @@
+"""Weight import from PyTorch checkpoints (safetensors): common helpers, VAE, UNet, CLIP."""

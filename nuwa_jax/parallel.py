@@ -221,6 +221,14 @@ def create_sharded_model(make_model: Callable[[], M], mesh: Mesh, rules: Rules) 
     return nnx.merge(built["graphdef"], state)
 
 
+def reshard_model(model: M, mesh: Mesh, rules: Rules) -> M:
+    """The same model with its variables moved to `mesh` by their logical names (e.g. weights
+    made on one device layout, used on another)."""
+    graphdef, state = nnx.split(model)
+    state = jax.device_put(state, state_shardings(state, mesh, rules))
+    return nnx.merge(graphdef, state)
+
+
 # ---------------------------------------------------------------------------------------
 # Global batches from per-process data.
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,129 @@
+"""Wall time of Diffusion over Diffusion vs the autoregressive baseline, same models, one run.
+
+    python benchmarks/dod_vs_ar.py --config=configs/tiny.py --frames=16,256,1024
+
+For each N: the DoD schedule (each level one batched call over its segments, in chunks of
+max_segments_per_device x data devices) and the AR schedule (FDM*: segments one after
+another, each conditioned on the last frame of the previous one), both on the same
+randomly initialised networks (speed does not depend on the weights). Every compiled
+function is warmed up first, so the times are steady-state sampling, decode excluded.
+Per-level call times are recorded so that docs/performance.md can project the latency on
+D devices. Writes benchmarks/results/dod_vs_ar_<preset>_<device>.json.
+
+The hierarchy depth is raised to the smallest that covers the longest N (with one local
+MTD shared across local levels, so the number of networks stays two).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from nuwa_jax import cli, parallel  # noqa: E402
+
+_CONFIG = cli.define_config_flag("configs/tiny.py")
+_FRAMES = flags.DEFINE_list("frames", ["16", "256", "1024"], "Video lengths to time.")
+_SEGMENTS = flags.DEFINE_integer("max_segments_per_device", 8, "DoD chunk size per device.")
+_OUT = flags.DEFINE_string("out", None, "JSON path (default benchmarks/results/...).")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    import jax
+    import numpy as np
+
+    from nuwa_jax.hierarchy import HierarchyPlan, full_length
+    from nuwa_jax.hierarchy.generator import Generator
+    from nuwa_jax.hierarchy.models import HierarchyModels
+    from nuwa_jax.models.text import make_tokenizer
+
+    config = _CONFIG.value
+    lengths = sorted(int(n) for n in _FRAMES.value)
+    L = config.hierarchy.frames_per_call
+    depth = HierarchyPlan.for_frames(max(lengths), L).depth
+    with config.unlocked():
+        config.hierarchy.depth = depth
+        config.hierarchy.share_local_models = depth > 2
+        config.mtd.num_level_embeddings = max(config.mtd.num_level_embeddings, depth - 1)
+        config.generation.max_segments_per_device = _SEGMENTS.value
+    mesh, rules = parallel.make_mesh(config.mesh), parallel.logical_rules(config)
+    models = HierarchyModels.create(config, mesh, rules)
+    gen = Generator(config, models, mesh, rules, make_tokenizer(config.text))
+    prompt = "a big red circle walks right on the beach"
+
+    # Warm-up: compile the sampler once (levels share it) and time one call of each shape.
+    gen.generate([prompt] * full_length(L, 1), seed=0, schedule="dod", progress=False)
+    gen.generate([prompt] * (2 * L - 1), seed=0, schedule="ar", progress=False)
+
+    rows = []
+    for n in lengths:
+        row = dict(num_frames=n, depth=depth, frames_per_call=L)
+        for schedule in ("dod", "ar"):
+            t0 = time.perf_counter()
+            video = gen.generate([prompt] * n, seed=1, schedule=schedule, progress=False)
+            jax.block_until_ready(video.latents)
+            row[schedule] = dict(
+                seconds=time.perf_counter() - t0,
+                levels=[t.as_dict() for t in video.timings],
+                calls=sum(t.calls for t in video.timings),
+                segments=sum(t.segments for t in video.timings),
+            )
+        row["ar_over_dod"] = row["ar"]["seconds"] / row["dod"]["seconds"]
+        rows.append(row)
+        print(f"N={n:5d}: DoD {row['dod']['seconds']:8.2f} s ({row['dod']['calls']} calls), "
+              f"AR {row['ar']['seconds']:8.2f} s ({row['ar']['calls']} calls), "
+              f"AR/DoD {row['ar_over_dod']:.2f}")  # fmt: skip
+
+    # Seconds per sampler call at this chunk size: the unit of the latency projection.
+    calls = [lv for r in rows for lv in r["dod"]["levels"] + r["ar"]["levels"]]
+    per_call = float(np.median([lv["seconds"] / lv["calls"] for lv in calls]))
+    device = jax.devices()[0]
+    result = dict(
+        benchmark="dod_vs_ar",
+        date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        device=dict(
+            platform=device.platform,
+            kind=device.device_kind,
+            count=jax.device_count(),
+            host=platform.processor() or platform.machine(),
+            cpus=os.cpu_count(),
+        ),  # fmt: skip
+        versions=dict(jax=jax.__version__, python=platform.python_version()),
+        config=config.preset,
+        overrides=dict(
+            depth=depth,
+            share_local_models=config.hierarchy.share_local_models,
+            max_segments_per_device=_SEGMENTS.value,
+        ),  # fmt: skip
+        sampler=dict(
+            name=config.diffusion.sampler,
+            steps=config.diffusion.num_sampling_steps,
+            guidance_scale=config.diffusion.guidance_scale,
+        ),  # fmt: skip
+        mesh=dict(mesh.shape),
+        chunk_segments=gen.chunk,
+        seconds_per_call_median=per_call,
+        rows=rows,
+    )
+    path = _OUT.value or os.path.join(
+        cli.repo_root(), "benchmarks", "results",
+        f"dod_vs_ar_{config.preset}_{device.platform}.json",
+    )  # fmt: skip
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".partial", "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(path + ".partial", path)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    parallel.initialize_distributed()
+    cli.run(main)

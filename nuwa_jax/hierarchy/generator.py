@@ -1,0 +1,383 @@
+"""Coarse-to-fine generation: Diffusion over Diffusion, and the autoregressive baseline.
+
+DoD (NUWA-XL): the global MTD makes L keyframes spanning the whole video from their L
+prompts; then every local level fills, for every pair of adjacent frames of the level
+above, the L-2 frames between them. All segments of a level are independent: they are
+the batch of ONE jitted call, their axis sharded over the mesh's `data` (and `fsdp`)
+axes, so a pod fills a whole level at once. A level with more segments than
+`max_segments_per_device` x (data x fsdp devices) runs in chunks of that size (padded),
+which bounds memory; every chunk has the same shape, so each model compiles once.
+
+AR (the paper's FDM* baseline, "AR over diffusion"): the same finest-level MTD makes
+segments of L consecutive frames one after another, each conditioned on the last
+`ar_context_frames` frames of the one before (the first on nothing).
+
+Determinism: the noise of a segment comes from a key folded from (seed, level, segment
+index), never from its position in a batch, so the video is the same whatever the device
+count and chunk size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from nuwa_jax import parallel, video_io
+from nuwa_jax.diffusion import samplers
+from nuwa_jax.hierarchy.models import HierarchyModels
+from nuwa_jax.hierarchy.plan import HierarchyPlan
+
+SCHEDULES = ("dod", "ar")
+AR_LEVEL = 1_000  # key-folding id of the autoregressive baseline's segments
+
+
+@dataclasses.dataclass
+class LevelTiming:
+    """Wall time of one level (or of the AR chain), for reports and benchmarks."""
+
+    level: str
+    segments: int
+    calls: int
+    seconds: float
+    first_call_seconds: float  # includes compilation
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Segments:
+    """One batch of segments: absolute frame indices, the mask of given frames, their keys."""
+
+    frames: np.ndarray  # (S, L) int
+    cond_mask: np.ndarray  # (S, L) bool
+    segment_ids: np.ndarray  # (S,) int, the index of each segment within its level
+    level: int  # key-folding id (plan level, or AR_LEVEL)
+    model_level: int  # which MTD
+
+
+class LatentStore:
+    """Host copy of every latent frame generated so far, by absolute frame index."""
+
+    def __init__(self, num_frames: int, latent_shape: tuple[int, ...]):
+        self.latents = np.zeros((num_frames, *latent_shape), np.float32)
+        self.done = np.zeros(num_frames, bool)
+
+    def gather(self, frames: np.ndarray, cond_mask: np.ndarray) -> np.ndarray:
+        """Latents of the given frames (zeros elsewhere): the MTD's x0^c."""
+        if not self.done[frames[cond_mask]].all():
+            missing = sorted(set(frames[cond_mask][~self.done[frames[cond_mask]]].tolist()))
+            raise RuntimeError(f"condition frames {missing[:8]} are not generated yet")
+        return self.latents[frames] * cond_mask[..., None, None, None]
+
+    def put(self, frames: np.ndarray, keep: np.ndarray, latents: np.ndarray) -> None:
+        self.latents[frames[keep]] = latents[keep]
+        self.done[frames[keep]] = True
+
+
+class Generator:
+    """Generates long videos with a `HierarchyModels` bundle on a mesh."""
+
+    def __init__(
+        self,
+        config: Any,
+        models: HierarchyModels,
+        mesh: Mesh,
+        rules: parallel.Rules,
+        tokenizer: Callable[[list[str]], np.ndarray],
+    ):
+        self.config, self.models, self.mesh, self.rules = config, models, mesh, rules
+        self.tokenizer = tokenizer
+        self.L = config.hierarchy.frames_per_call
+        self.chunk = config.generation.max_segments_per_device * parallel.batch_divisor(
+            mesh, rules, "segments"
+        )
+        if self.chunk < 1:
+            raise ValueError("generation.max_segments_per_device must be >= 1")
+        factor = 2 ** (len(config.vae.block_out_channels) - 1)
+        res = config.data.resolution
+        self.latent_shape = (res // factor, res // factor, config.vae.latent_channels)
+        self.null_tokens = np.asarray(tokenizer([""]))[0]  # the empty prompt, for guidance
+        self._level_fns: dict[Any, Callable] = {}
+        self._decode_fn: Callable | None = None
+
+    # -----------------------------------------------------------------------------------
+    # Jitted pieces: one sampler call per model, one VAE decode.
+    # -----------------------------------------------------------------------------------
+    def _sharding(self, ndim: int):
+        return parallel.logical_to_sharding(("segments",) + (None,) * (ndim - 1), self.rules,
+                                            self.mesh)  # fmt: skip
+
+    def _level_fn(self, model_level: int) -> Callable:
+        """The jitted sampler of one level's MTD. Levels whose MTDs share an architecture
+        share one compiled function: weights and the level id are arguments."""
+        mtd, text = self.models.mtds[model_level], self.models.text
+        level_id = self.models.level_ids[model_level]
+        graphdef, state = nnx.split((mtd, text))
+        cache_key = (graphdef, level_id is None)
+        if cache_key not in self._level_fns:
+            self._level_fns[cache_key] = self._compile_level(graphdef, level_id is not None)
+        fn = self._level_fns[cache_key]
+        level = np.full((self.chunk,), -1 if level_id is None else level_id, np.int32)
+        return lambda *args: fn(state, *args, self._global(level))
+
+    def _compile_level(self, graphdef: Any, with_level: bool) -> Callable:
+        dcfg = self.config.diffusion
+        null = jnp.asarray(self.null_tokens)
+        shape = (self.chunk, self.L) + self.latent_shape
+
+        def run(state, tokens, cond_latents, cond_mask, keys, level_ids):
+            mtd, text = nnx.merge(graphdef, state)
+            context = text(tokens)  # (S, L, T, D): one prompt per frame
+            uncond = text(jnp.broadcast_to(null, tokens.shape[1:])[None])
+
+            def model_fn(x, t, cond, known):  # x may be [cond; uncond] stacked (guidance)
+                mask = known.mask.astype(x.dtype)
+                x0c = known.latents * mask[:, :, None, None, None]
+                reps = x.shape[0] // level_ids.shape[0]
+                level = jnp.tile(level_ids, reps) if with_level else None
+                return mtd(x, t, cond, x0c, mask, level)
+
+            known = samplers.KnownFrames(cond_latents, cond_mask)
+            return samplers.sample(
+                model_fn, shape, keys, dcfg, cond=context, uncond=uncond, known=known
+            )
+
+        seg = self._sharding
+        return jax.jit(
+            run,
+            in_shardings=(None, seg(3), seg(5), seg(2), seg(1), seg(1)),
+            out_shardings=seg(5),
+        )
+
+    def _decode(self, latents: np.ndarray) -> np.ndarray:
+        """Latents (F, h, w, c) -> frames (F, H, W, 3) in [-1, 1], one clip per call."""
+        if self._decode_fn is None:
+            graphdef, state = nnx.split(self.models.vae)
+            fn = jax.jit(lambda s, z: jnp.clip(nnx.merge(graphdef, s).decode_latents(z), -1.0, 1.0))
+            self._decode_fn = lambda z: fn(state, z)
+        return self._host(self._decode_fn(jnp.asarray(latents)[None]))[0]
+
+    def _host(self, x: jax.Array) -> np.ndarray:
+        if jax.process_count() > 1:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    def _global(self, x: np.ndarray) -> jax.Array:
+        """A global array of host data every process holds in full (deterministic inputs)."""
+        sharding = self._sharding(x.ndim)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+    # -----------------------------------------------------------------------------------
+    # Running segments.
+    # -----------------------------------------------------------------------------------
+    def _keys(self, seed: int, level: int, segment_ids: np.ndarray) -> np.ndarray:
+        base = jax.random.fold_in(jax.random.key(seed), level)
+        keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(segment_ids))
+        return np.asarray(jax.random.key_data(keys))
+
+    def _run_chunk(
+        self, segs: Segments, prompts: list[str], store: LatentStore, seed: int
+    ) -> np.ndarray:
+        """Samples one chunk of <= self.chunk segments; returns their latents (S, L, ...)."""
+        n = len(segs.frames)
+        pad = self.chunk - n
+        frames = np.concatenate([segs.frames, np.repeat(segs.frames[-1:], pad, 0)])
+        mask = np.concatenate([segs.cond_mask, np.repeat(segs.cond_mask[-1:], pad, 0)])
+        ids = np.concatenate([segs.segment_ids, np.repeat(segs.segment_ids[-1:], pad)])
+        last = len(prompts) - 1
+        texts = [prompts[min(int(f), last)] for f in frames.reshape(-1)]
+        tokens = np.asarray(self.tokenizer(texts)).reshape(self.chunk, self.L, -1)
+        cond = store.gather(frames, mask)
+        keys = jax.random.wrap_key_data(
+            self._global(self._keys(seed, segs.level, ids).astype(np.uint32))
+        )
+        out = self._level_fn(segs.model_level)(
+            self._global(tokens.astype(np.int32)),
+            self._global(cond.astype(np.float32)),
+            self._global(mask),
+            keys,
+        )
+        return self._host(out)[:n]
+
+    def _run_level(
+        self,
+        name: str,
+        batches: list[Segments],
+        prompts: list[str],
+        store: LatentStore,
+        seed: int,
+        keep: Callable[[Segments], np.ndarray],
+        progress: bool,
+        on_chunk: Callable[[Segments], None] | None = None,
+    ) -> LevelTiming:
+        from tqdm.auto import tqdm
+
+        start, first = time.perf_counter(), None
+        bar = tqdm(total=sum(len(b.frames) for b in batches), desc=name, unit="seg",
+                   disable=not progress or jax.process_index() > 0, leave=True)  # fmt: skip
+        for segs in batches:
+            latents = self._run_chunk(segs, prompts, store, seed)
+            store.put(segs.frames, keep(segs), latents)
+            if first is None:
+                first = time.perf_counter() - start
+            bar.update(len(segs.frames))
+            if on_chunk is not None:
+                on_chunk(segs)
+        bar.close()
+        segments = sum(len(b.frames) for b in batches)
+        return LevelTiming(name, segments, len(batches), time.perf_counter() - start, first or 0)
+
+    def _chunks(self, frames, cond_mask, level, model_level) -> list[Segments]:
+        ids = np.arange(len(frames))
+        return [
+            Segments(
+                frames[i : i + self.chunk],
+                cond_mask[i : i + self.chunk],
+                ids[i : i + self.chunk],
+                level,
+                model_level,
+            )  # fmt: skip
+            for i in range(0, len(frames), self.chunk)
+        ]
+
+    # -----------------------------------------------------------------------------------
+    # Schedules.
+    # -----------------------------------------------------------------------------------
+    def plan(self, num_frames: int) -> HierarchyPlan:
+        """The plan at the config's depth (N <= N(depth)) for `num_frames` frames."""
+        h = self.config.hierarchy
+        return HierarchyPlan(h.frames_per_call, h.depth, num_frames)
+
+    def generate(
+        self,
+        prompts: list[str],
+        seed: int,
+        schedule: str = "dod",
+        progress: bool = True,
+        on_frames: Callable[[int, np.ndarray], None] | None = None,
+    ) -> GeneratedVideo:
+        """Generates a len(prompts)-frame video (one prompt per frame) as latents.
+
+        on_frames(start, frames): called with decoded frames [start, start + k) in time
+        order as soon as they are final (a clip of `decode_frames` at a time), so a writer
+        can stream a long video; every frame is passed exactly once.
+        """
+        if schedule not in SCHEDULES:
+            raise ValueError(f"generation.schedule: unknown {schedule!r}; use {SCHEDULES}")
+        n = len(prompts)
+        if n < 2:
+            raise ValueError(f"a video needs at least 2 frames, got {n} prompts")
+        stream = _FrameStream(self, n, on_frames)
+        if schedule == "dod":
+            video = self._generate_dod(prompts, n, seed, progress, stream)
+        else:
+            video = self._generate_ar(prompts, n, seed, progress, stream)
+        stream.flush(video.store, final=True)
+        return video
+
+    def _generate_dod(self, prompts, n, seed, progress, stream) -> GeneratedVideo:
+        plan = self.plan(n)
+        size = int(max(plan.segments(j).max() for j in plan.levels)) + 1
+        store = LatentStore(size, self.latent_shape)
+        timings = []
+        for j in plan.levels:
+            frames = plan.segments(j)
+            cond = np.broadcast_to(plan.condition_mask(j), frames.shape)
+            batches = self._chunks(frames, cond, j, j)
+            keep = lambda s: ~s.cond_mask  # noqa: E731  (conditions are already final)
+            name = "global" if j == 0 else f"local{j}"
+            flush = lambda segs: stream.flush(store)  # noqa: E731
+            timings.append(
+                self._run_level(name, batches, prompts, store, seed, keep, progress, flush)
+            )
+        keyframes = plan.segments(0)[0]
+        keyframes = keyframes[keyframes < n]
+        return GeneratedVideo(self, store, n, keyframes, timings, plan)
+
+    def _generate_ar(self, prompts, n, seed, progress, stream) -> GeneratedVideo:
+        L, c = self.L, self.config.generation.ar_context_frames
+        if not 1 <= c < L:
+            raise ValueError(f"generation.ar_context_frames={c} must be in [1, {L})")
+        starts = [0] + list(range(L - c, max(n - c, 1), L - c))
+        size = starts[-1] + L
+        store = LatentStore(size, self.latent_shape)
+        finest = self.config.hierarchy.depth - 1
+        batches = []
+        for i, s in enumerate(starts):
+            mask = np.zeros((1, L), bool)
+            if i:
+                mask[0, :c] = True
+            batches.append(Segments(np.arange(s, s + L)[None], mask, np.array([i]), AR_LEVEL,
+                                    finest))  # fmt: skip
+        keep = lambda s: ~s.cond_mask  # noqa: E731
+        flush = lambda segs: stream.flush(store)  # noqa: E731
+        timing = self._run_level("ar", batches, prompts, store, seed, keep, progress, flush)
+        keyframes = video_io.filmstrip_indices(n, L)  # no keyframe level: spread evenly
+        return GeneratedVideo(self, store, n, keyframes, [timing], None)
+
+
+class _FrameStream:
+    """Decodes and hands out frames once a prefix of the video is final."""
+
+    def __init__(self, generator: Generator, num_frames: int, sink):
+        self.generator, self.num_frames, self.sink = generator, num_frames, sink
+        self.clip = generator.config.generation.decode_frames or generator.L
+        self.next = 0  # first frame not yet handed out
+
+    def flush(self, store: LatentStore, final: bool = False) -> None:
+        if self.sink is None:
+            return
+        done = store.done[: self.num_frames]
+        ready = self.num_frames if done.all() else int(np.argmin(done))
+        while ready - self.next >= self.clip or (final and ready > self.next):
+            end = min(self.next + self.clip, ready)
+            self.sink(self.next, self.generator._decode(store.latents[self.next : end]))
+            self.next = end
+
+
+@dataclasses.dataclass
+class GeneratedVideo:
+    """Generated latents of an n-frame video, decoded on demand in time order."""
+
+    generator: Generator
+    store: LatentStore
+    num_frames: int
+    keyframe_indices: np.ndarray
+    timings: list[LevelTiming]
+    plan: HierarchyPlan | None
+
+    @property
+    def latents(self) -> np.ndarray:
+        return self.store.latents[: self.num_frames]
+
+    def frames(self) -> Iterator[np.ndarray]:
+        """Decoded frames (k, H, W, 3) in [-1, 1], in time order, a clip at a time."""
+        gen = self.generator
+        step = gen.config.generation.decode_frames or gen.L
+        for a in range(0, self.num_frames, step):
+            yield gen._decode(self.latents[a : min(a + step, self.num_frames)])
+
+    def keyframes(self) -> np.ndarray:
+        """The decoded keyframes (global level), for the contact sheet."""
+        return self.generator._decode(self.store.latents[self.keyframe_indices])
+
+    def decode(self, indices: np.ndarray) -> np.ndarray:
+        return self.generator._decode(self.store.latents[np.asarray(indices)])
+
+    def timing_report(self) -> dict[str, Any]:
+        return dict(
+            num_frames=self.num_frames,
+            levels=[t.as_dict() for t in self.timings],
+            total_seconds=math.fsum(t.seconds for t in self.timings),
+        )

@@ -1,0 +1,94 @@
+"""Storyboard + config -> a generated video and everything written next to it.
+
+The library behind `nuwa_jax.generate` (the CLI) and `nuwa_jax.demo` (the main job): builds
+the hierarchy's networks sharded on the local mesh, generates with the config's schedule,
+streams the mp4, and writes the keyframe contact sheet, the filmstrip, the gif and a
+JSON report of per-level timings. Every file is written under a temporary name and
+renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from nuwa_jax import parallel, storyboard, video_io
+
+
+class MissingWeightsError(ValueError):
+    """No weights to generate with (no checkpoint, random weights not asked for)."""
+
+
+def write_json(path: str, data: Any) -> None:
+    tmp = f"{path}.partial"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def run_generation(config: Any, board: storyboard.Storyboard, out_dir: str, name: str,
+                   seed: int, random_weights: bool, gif: bool = True,
+                   progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Builds the models, generates, writes every output; returns the report."""
+    import numpy as np
+
+    from nuwa_jax.hierarchy import full_length
+    from nuwa_jax.hierarchy.generator import Generator
+    from nuwa_jax.hierarchy.models import HierarchyModels
+    from nuwa_jax.models.text import make_tokenizer
+
+    if not random_weights:
+        raise MissingWeightsError(
+            "no trained checkpoint can be loaded yet: pass --random_weights to run the "
+            "real pipeline on randomly initialised networks"
+        )
+    h, g = config.hierarchy, config.generation
+    n = g.num_frames or full_length(h.frames_per_call, h.depth)
+    prompts = board.frame_prompts(n)
+    mesh, rules = parallel.make_mesh(config.mesh), parallel.logical_rules(config)
+    t0 = time.perf_counter()
+    models = HierarchyModels.create(config, mesh, rules)
+    build_s = time.perf_counter() - t0
+    generator = Generator(config, models, mesh, rules, make_tokenizer(config.text))
+    os.makedirs(out_dir, exist_ok=True)
+    mp4 = os.path.join(out_dir, f"{name}.mp4")
+    res = config.data.resolution
+    strip_at = video_io.filmstrip_indices(n, g.filmstrip_frames)
+    gif_at = video_io.filmstrip_indices(n, g.gif_max_frames)
+    wanted = set(strip_at.tolist()) | set(gif_at.tolist())
+    picked: dict[int, np.ndarray] = {}  # the few frames the filmstrip and gif show
+
+    with video_io.Mp4Writer(mp4, g.fps, res, res) as writer:
+
+        def on_frames(start: int, frames: np.ndarray) -> None:
+            writer.write(frames)
+            picked.update({start + k: f for k, f in enumerate(frames) if start + k in wanted})
+
+        video = generator.generate(prompts, seed, g.schedule, progress, on_frames)
+
+    video_io.write_contact_sheet(os.path.join(out_dir, f"{name}_keyframes.png"), video.keyframes())
+    video_io.write_filmstrip(
+        os.path.join(out_dir, f"{name}_filmstrip.png"), np.stack([picked[i] for i in strip_at])
+    )
+    if gif:
+        gif_frames = np.stack([picked[i] for i in gif_at])
+        video_io.write_gif(os.path.join(out_dir, f"{name}.gif"), gif_frames, g.fps, len(gif_at))
+    report = dict(
+        video.timing_report(),
+        schedule=g.schedule,
+        config=config.preset,
+        seed=seed,
+        random_weights=random_weights,
+        devices=[str(d) for d in mesh.devices.flat],
+        mesh=dict(mesh.shape),
+        chunk_segments=generator.chunk,
+        build_seconds=build_s,
+        parameters=models.parameter_counts(),
+        outputs=sorted(
+            f for f in os.listdir(out_dir) if f.startswith(name + "_") or f.startswith(name + ".")
+        ),
+    )
+    write_json(os.path.join(out_dir, f"{name}_timings.json"), report)
+    return report

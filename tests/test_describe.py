@@ -1,0 +1,35 @@
+"""`describe`: parameter counts agree with the built networks; FLOPs scale with the shapes."""
+
+import pytest
+
+from configs import common
+from nuwa_jax import parallel
+from nuwa_jax.describe import describe
+from nuwa_jax.hierarchy.models import HierarchyModels, check_hierarchy
+
+
+def test_counts_match_built_models_and_flops_scale():
+    config = common.base("tiny")
+    table = describe(config)
+    mesh, rules = parallel.make_mesh(config.mesh), parallel.logical_rules(config)
+    built = HierarchyModels.create(config, mesh, rules).parameter_counts()
+    assert table["text"]["parameters"] == built["text"]
+    assert table["vae"]["parameters"] == built["vae"]
+    assert table["mtd"]["parameters"] == built["mtd_global"] == built["mtd_local1"]
+    assert all(table[k]["forward_gflops"] > 0 for k in ("text", "vae_encode", "vae_decode", "mtd"))
+    config.data.resolution *= 2  # 4x the pixels: 4x for convolutions, 16x for self-attention
+    bigger = describe(config)
+    assert 4.0 < bigger["mtd"]["forward_gflops"] / table["mtd"]["forward_gflops"] < 8.0
+    assert bigger["mtd"]["parameters"] == table["mtd"]["parameters"]
+
+
+def test_mismatched_sections_are_named():
+    config = common.base("tiny")
+    config.mtd.cross_attention_dim = 48
+    with pytest.raises(ValueError, match="mtd.cross_attention_dim=48 != text.width=32"):
+        check_hierarchy(config)
+    config = common.base("tiny")
+    config.hierarchy.share_local_models = True
+    config.hierarchy.depth = 4
+    with pytest.raises(ValueError, match="num_level_embeddings >= depth - 1 = 3"):
+        check_hierarchy(config)

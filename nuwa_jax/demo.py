@@ -52,6 +52,11 @@ def main(argv: list[str]) -> None:
           f"generation {report['total_seconds']:.1f} s")  # fmt: skip
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console-script entry point."""
     parallel.initialize_distributed()
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -97,6 +97,11 @@ def main(argv: list[str]) -> None:
         )
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console-script entry point."""
     parallel.initialize_distributed()
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -96,6 +96,10 @@ def generation_config(preset: str) -> ml_collections.ConfigDict:
         dict(
             num_frames=ml_collections.config_dict.placeholder(int),  # None: N(depth)
             schedule="dod",  # 'dod' (Diffusion over Diffusion) | 'ar' (the FDM* baseline)
+            # 'smallest': the shallowest plan that covers num_frames (global model on top,
+            # then the local models of the finest strides); 'config': hierarchy.depth levels
+            # always, the plan pruned to num_frames (every model at its training stride).
+            plan_depth="smallest",
             # Segments one device takes per model call: a level's segments run in chunks of
             # max_segments_per_device x (data x fsdp devices), which bounds memory.
             max_segments_per_device=1,

@@ -117,3 +117,21 @@ def test_cli_refuses_bad_storyboard_and_missing_weights(tmp_path):
     assert bad.returncode == 2 and "bad.txt: line 2" in bad.stderr
     both = subprocess.run(base + ["--prompt=x", f"--storyboard={board}"], **kw)
     assert both.returncode == 2 and "exactly one of --storyboard and --prompt" in both.stderr
+
+
+@pytest.mark.slow
+def test_smallest_plan_and_the_model_of_each_level(eight_device_run):
+    gen, _, _ = eight_device_run  # tiny: L = 4, hierarchy.depth = 2 (up to 10 frames)
+    short = gen.plan(4)
+    assert short.depth == 1 and gen.model_level(short, 0) == 0
+    video = gen.generate(PROMPTS[:4], seed=3, progress=False)  # 4 frames: the global level only
+    assert [t.level for t in video.timings] == ["global"] and video.timings[0].calls == 1
+    full = gen.plan(9)
+    assert full.depth == 2 and [gen.model_level(full, j) for j in full.levels] == [0, 1]
+    with pytest.raises(ValueError, match="11 frames need a depth-3 hierarchy"):
+        gen.plan(11)
+    gen.config.generation.plan_depth = "config"
+    try:
+        assert gen.plan(4).depth == 2  # every model at its training stride, pruned to 4 frames
+    finally:
+        gen.config.generation.plan_depth = "smallest"

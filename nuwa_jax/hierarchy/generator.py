@@ -255,9 +255,25 @@ class Generator:
     # Schedules.
     # -----------------------------------------------------------------------------------
     def plan(self, num_frames: int) -> HierarchyPlan:
-        """The plan at the config's depth (N <= N(depth)) for `num_frames` frames."""
-        h = self.config.hierarchy
-        return HierarchyPlan(h.frames_per_call, h.depth, num_frames)
+        """The plan for `num_frames` frames (see `generation.plan_depth`)."""
+        h, rule = self.config.hierarchy, self.config.generation.plan_depth
+        if rule == "config":
+            return HierarchyPlan(h.frames_per_call, h.depth, num_frames)
+        if rule != "smallest":
+            raise ValueError(f"generation.plan_depth: unknown {rule!r}; use 'smallest' or 'config'")
+        plan = HierarchyPlan.for_frames(num_frames, h.frames_per_call)
+        if plan.depth > h.depth:
+            raise ValueError(
+                f"{num_frames} frames need a depth-{plan.depth} hierarchy at L="
+                f"{h.frames_per_call}, but hierarchy.depth={h.depth} (at most "
+                f"{(h.frames_per_call - 1) ** h.depth + 1} frames)"
+            )
+        return plan
+
+    def model_level(self, plan: HierarchyPlan, level: int) -> int:
+        """Which MTD runs `level` of `plan`: the global one on top; below it the local MTD
+        trained for that level's stride (a shallow plan uses the finest local levels)."""
+        return 0 if level == 0 else level + self.config.hierarchy.depth - plan.depth
 
     def generate(
         self,
@@ -294,9 +310,10 @@ class Generator:
         for j in plan.levels:
             frames = plan.segments(j)
             cond = np.broadcast_to(plan.condition_mask(j), frames.shape)
-            batches = self._chunks(frames, cond, j, j)
+            model = self.model_level(plan, j)
+            batches = self._chunks(frames, cond, j, model)
             keep = lambda s: ~s.cond_mask  # noqa: E731  (conditions are already final)
-            name = "global" if j == 0 else f"local{j}"
+            name = "global" if j == 0 else f"local{model}"
             flush = lambda segs: stream.flush(store)  # noqa: E731
             timings.append(
                 self._run_level(name, batches, prompts, store, seed, keep, progress, flush)

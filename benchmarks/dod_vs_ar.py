@@ -82,9 +82,28 @@ def main(argv: list[str]) -> None:
               f"AR {row['ar']['seconds']:8.2f} s ({row['ar']['calls']} calls), "
               f"AR/DoD {row['ar_over_dod']:.2f}")  # fmt: skip
 
-    # Seconds per sampler call at this chunk size: the unit of the latency projection.
-    calls = [lv for r in rows for lv in r["dod"]["levels"] + r["ar"]["levels"]]
-    per_call = float(np.median([lv["seconds"] / lv["calls"] for lv in calls]))
+    # Latency projection on D devices. The unit is the measured time of one sampler call
+    # with ONE segment per device (the AR calls: batch 1). A DoD level of S segments on D
+    # devices takes ceil(S / D) such calls, if one segment per device per call costs the
+    # same on every device and the gather between levels is negligible; AR stays
+    # sequential whatever D is.
+    per_call = float(np.median([lv["seconds"] / lv["calls"] for r in rows
+                                for lv in r["ar"]["levels"]]))  # fmt: skip
+    for r in rows:
+        segs = [lv["segments"] for lv in r["dod"]["levels"]]
+        r["projection"] = {
+            str(d): dict(
+                dod_seconds=per_call * sum(-(-s // d) for s in segs),
+                ar_seconds=per_call * r["ar"]["calls"],
+            )
+            for d in (1, 8, 64, 256)
+        }
+        for p in r["projection"].values():
+            p["ar_over_dod"] = p["ar_seconds"] / p["dod_seconds"]
+    print(f"projection from {per_call:.3f} s per one-segment call (AR/DoD on D devices):")
+    for r in rows:
+        ratios = ", ".join(f"D={d}: {p['ar_over_dod']:.1f}x" for d, p in r["projection"].items())
+        print(f"  N={r['num_frames']:5d}: {ratios}")
     device = jax.devices()[0]
     result = dict(
         benchmark="dod_vs_ar",
@@ -110,7 +129,8 @@ def main(argv: list[str]) -> None:
         ),  # fmt: skip
         mesh=dict(mesh.shape),
         chunk_segments=gen.chunk,
-        seconds_per_call_median=per_call,
+        seconds_per_one_segment_call=per_call,
+        load_average=os.getloadavg(),
         rows=rows,
     )
     path = _OUT.value or os.path.join(

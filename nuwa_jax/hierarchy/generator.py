@@ -118,23 +118,24 @@ class Generator:
         return parallel.logical_to_sharding(("segments",) + (None,) * (ndim - 1), self.rules,
                                             self.mesh)  # fmt: skip
 
-    def _level_fn(self, model_level: int) -> Callable:
-        """The jitted sampler of one level's MTD. Levels whose MTDs share an architecture
-        share one compiled function: weights and the level id are arguments."""
+    def _level_fn(self, model_level: int, chunk: int) -> Callable:
+        """The jitted sampler of one level's MTD for batches of `chunk` segments. Levels whose
+        MTDs share an architecture share one compiled function: weights and the level id
+        are arguments."""
         mtd, text = self.models.mtds[model_level], self.models.text
         level_id = self.models.level_ids[model_level]
         graphdef, state = nnx.split((mtd, text))
-        cache_key = (graphdef, level_id is None)
+        cache_key = (graphdef, level_id is None, chunk)
         if cache_key not in self._level_fns:
-            self._level_fns[cache_key] = self._compile_level(graphdef, level_id is not None)
+            self._level_fns[cache_key] = self._compile_level(graphdef, level_id is not None, chunk)
         fn = self._level_fns[cache_key]
-        level = np.full((self.chunk,), -1 if level_id is None else level_id, np.int32)
+        level = np.full((chunk,), -1 if level_id is None else level_id, np.int32)
         return lambda *args: fn(state, *args, self._global(level))
 
-    def _compile_level(self, graphdef: Any, with_level: bool) -> Callable:
+    def _compile_level(self, graphdef: Any, with_level: bool, chunk: int) -> Callable:
         dcfg = self.config.diffusion
         null = jnp.asarray(self.null_tokens)
-        shape = (self.chunk, self.L) + self.latent_shape
+        shape = (chunk, self.L) + self.latent_shape
 
         def run(state, tokens, cond_latents, cond_mask, keys, level_ids):
             mtd, text = nnx.merge(graphdef, state)
@@ -187,22 +188,22 @@ class Generator:
         return np.asarray(jax.random.key_data(keys))
 
     def _run_chunk(
-        self, segs: Segments, prompts: list[str], store: LatentStore, seed: int
+        self, segs: Segments, prompts: list[str], store: LatentStore, seed: int, chunk: int
     ) -> np.ndarray:
-        """Samples one chunk of <= self.chunk segments; returns their latents (S, L, ...)."""
+        """Samples one batch of <= chunk segments (padded to chunk); returns (S, L, ...)."""
         n = len(segs.frames)
-        pad = self.chunk - n
+        pad = chunk - n
         frames = np.concatenate([segs.frames, np.repeat(segs.frames[-1:], pad, 0)])
         mask = np.concatenate([segs.cond_mask, np.repeat(segs.cond_mask[-1:], pad, 0)])
         ids = np.concatenate([segs.segment_ids, np.repeat(segs.segment_ids[-1:], pad)])
         last = len(prompts) - 1
         texts = [prompts[min(int(f), last)] for f in frames.reshape(-1)]
-        tokens = np.asarray(self.tokenizer(texts)).reshape(self.chunk, self.L, -1)
+        tokens = np.asarray(self.tokenizer(texts)).reshape(chunk, self.L, -1)
         cond = store.gather(frames, mask)
         keys = jax.random.wrap_key_data(
             self._global(self._keys(seed, segs.level, ids).astype(np.uint32))
         )
-        out = self._level_fn(segs.model_level)(
+        out = self._level_fn(segs.model_level, chunk)(
             self._global(tokens.astype(np.int32)),
             self._global(cond.astype(np.float32)),
             self._global(mask),
@@ -220,6 +221,7 @@ class Generator:
         keep: Callable[[Segments], np.ndarray],
         progress: bool,
         on_chunk: Callable[[Segments], None] | None = None,
+        chunk: int | None = None,
     ) -> LevelTiming:
         from tqdm.auto import tqdm
 
@@ -227,7 +229,7 @@ class Generator:
         bar = tqdm(total=sum(len(b.frames) for b in batches), desc=name, unit="seg",
                    disable=not progress or jax.process_index() > 0, leave=True)  # fmt: skip
         for segs in batches:
-            latents = self._run_chunk(segs, prompts, store, seed)
+            latents = self._run_chunk(segs, prompts, store, seed, chunk or self.chunk)
             store.put(segs.frames, keep(segs), latents)
             if first is None:
                 first = time.perf_counter() - start
@@ -339,7 +341,8 @@ class Generator:
                                     finest))  # fmt: skip
         keep = lambda s: ~s.cond_mask  # noqa: E731
         flush = lambda segs: stream.flush(store)  # noqa: E731
-        timing = self._run_level("ar", batches, prompts, store, seed, keep, progress, flush)
+        # One segment per call, unpadded: AR is sequential, a wider batch would only add work.
+        timing = self._run_level("ar", batches, prompts, store, seed, keep, progress, flush, 1)
         keyframes = video_io.filmstrip_indices(n, L)  # no keyframe level: spread evenly
         return GeneratedVideo(self, store, n, keyframes, [timing], None)
 

@@ -298,6 +298,101 @@ def vae_config(preset: str) -> ml_collections.ConfigDict:
     )
 
 
+def train_config(preset: str) -> ml_collections.ConfigDict:
+    """Training (nuwa_jax.train): what is trained, optimiser, EMA, checkpoints, logging.
+
+    `model` 'vae' trains the T-KLVAE (L1 + kl_weight * KL); 'mtd' trains the MTD of
+    hierarchy level `level` (0 = global) on that level's windows, with a frozen VAE.
+    The batch is data.batch_size (global); the schedule is AdamW with linear warm-up and
+    cosine decay to final_lr_ratio * learning_rate at num_steps.
+    """
+    tiny = preset == "tiny"
+    return ml_collections.ConfigDict(
+        dict(
+            model="mtd",  # 'vae' | 'mtd'
+            level=0,  # 'mtd': hierarchy level whose MTD is trained (0 = global)
+            num_steps={"tiny": 200, "demo": 20000}.get(preset, 200000),
+            learning_rate=1e-3 if tiny else 1e-4,
+            warmup_steps={"tiny": 10, "demo": 500}.get(preset, 5000),
+            final_lr_ratio=0.1,  # cosine decay ends at this share of learning_rate
+            adam_b1=0.9,
+            adam_b2=0.999,
+            adam_eps=1e-8,
+            weight_decay=0.01,
+            grad_clip_norm=1.0,  # global-norm clipping (0: off)
+            grad_accum_steps=1,  # micro-batches per optimiser update (optax.MultiSteps)
+            ema_decay=0.99 if tiny else 0.9999,  # EMA of parameters (0: EMA = params)
+            # 'vae': loss = L1 + kl_weight * KL (KL summed per frame, averaged over frames).
+            kl_weight=1e-6,
+            # LPIPS / patch-GAN terms need pretrained weights that cannot be had offline:
+            # any value other than 0 is refused with an error.
+            perceptual_weight=0.0,
+            adversarial_weight=0.0,
+            log_every={"tiny": 1}.get(preset, 50),  # steps between scalar writes
+            checkpoint_every={"tiny": 50, "demo": 1000}.get(preset, 5000),
+            keep_checkpoints=3,  # the newest n are kept
+            async_checkpointing=True,
+            # Tests only: step whose loss is made NaN (-1: never), to exercise the NaN stop.
+            debug_nan_at_step=-1,
+        )
+    )
+
+
+MARDINI_SIZES = {
+    # size: planner (layers, hidden, mlp, heads), generator (layers, hidden, mlp, heads),
+    # frames per clip, latent channels. 'S' / 'L': the paper's planners (8 or 16 layers x
+    # 4096, SwiGLU 8192: S then has the paper's 1.3 B, see docs/mardini.md) and its
+    # 8 x 1024 generator (MLP 4096); the paper gives no head counts (ours: 128-wide heads
+    # in the planner, 64-wide in the generator).
+    "tiny": dict(planner=(2, 64, 128, 4), generator=(2, 64, 256, 4), frames=5, latent_channels=4),
+    "demo": dict(
+        planner=(4, 256, 1024, 4), generator=(4, 128, 512, 4), frames=9, latent_channels=4
+    ),
+    "S": dict(
+        planner=(8, 4096, 8192, 32), generator=(8, 1024, 4096, 16), frames=9, latent_channels=16
+    ),
+    "L": dict(
+        planner=(16, 4096, 8192, 32), generator=(8, 1024, 4096, 16), frames=17, latent_channels=16
+    ),
+}
+
+
+def mardini_config(preset: str, size: str | None = None) -> ml_collections.ConfigDict:
+    """MarDini's planner and generator (nuwa_jax.models.mardini), widths from MARDINI_SIZES.
+
+    `size` ('tiny' | 'demo' | 'S' | 'L'; default: the preset's own, 'S' at paper scale)
+    selects the widths: a width field left at 0 is read from MARDINI_SIZES[size], so
+    `--config.mardini.size=L` switches the whole model and a non-zero field overrides one
+    width.
+    """
+    size = size or {"tiny": "tiny", "demo": "demo"}.get(preset, "S")
+    return ml_collections.ConfigDict(
+        dict(
+            size=size,
+            latent_channels=0,  # 0: from size (16 at paper scale: its 8x per-frame VAE)
+            num_frames=0,  # frames per clip (0: from size)
+            planner_layers=0,  # 0: from size (all width fields alike)
+            planner_hidden=0,
+            planner_mlp_dim=0,  # SwiGLU hidden width
+            planner_heads=0,
+            generator_layers=0,
+            generator_hidden=0,
+            generator_mlp_dim=0,
+            generator_heads=0,
+            signal_dim=0,  # C_low, channels of a planning token (0: generator_hidden)
+            low_res_factor=2,  # planner latents: the high-res ones avg-pooled by this factor
+            # Patch side on the low-res latents (N_low tokens per frame); tiny: 2, so the
+            # planning grid is coarser than the generator's and gets upsampled.
+            planner_patch_size=2 if size == "tiny" else 1,
+            generator_patch_size=2,  # patch side on the high-res latents
+            attention="T",  # generator: 'T' (per-frame spatial + temporal) | 'ST' (full)
+            rope_theta=10000.0,
+            norm_eps=1e-6,
+            signal_dropout=0.1,  # CFG training: share of examples given the null signal
+        )
+    )
+
+
 def base(preset: str) -> ml_collections.ConfigDict:
     """The full config of a preset, every section filled."""
     if preset not in PRESETS:
@@ -315,4 +410,6 @@ def base(preset: str) -> ml_collections.ConfigDict:
     config.text = text_config(preset)
     config.mtd = mtd_config(preset)
     config.data = data_config(preset)
+    config.mardini = mardini_config(preset)
+    config.train = train_config(preset)
     return config

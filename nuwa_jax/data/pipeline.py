@@ -1,0 +1,395 @@
+"""The grain training pipeline: frame store -> this host's files -> DoD training windows.
+
+Stages (one host):
+
+1. `host_runs`: the data set's shard files, in data set order (episode by episode,
+   shard by shard), are split into `process_count` contiguous blocks; this host reads
+   only its own block. Consecutive shards of one episode form a RUN of consecutive
+   frames. An error if there are fewer files than hosts.
+2. `WindowIndex`: a random-access index of every training window of the chosen levels
+   that fits inside one run: (level, run, start). A window of level j is L frames at the
+   plan's stride s_j (`HierarchyPlan.window`): the global window spans a whole clip of
+   N(m) frames, a local one (L-1) s_j + 1 frames; starts are any frame, or only the
+   level-above grid with `align_windows`. The index is lazy (Python ranges), O(runs).
+3. grain: `MapDataset.source(index).shuffle(seed).repeat()` (a new permutation every
+   epoch) -> `random_map(LoadWindow)` (read the L records, decode, normalise to
+   float32 in [-1, 1], tokenise the L captions) -> `to_iter_dataset` (threads) ->
+   `batch` -> optionally `mp_prefetch` (worker processes). The iterator's
+   `get_state()` / `set_state()` (and `grain.checkpoint.CheckpointSave/Restore` with
+   orbax) resume exactly: everything is a function of (seed, element index).
+4. `global_batches`: each host batch becomes global arrays on the mesh
+   (`parallel.global_batch`, leading axis 'batch').
+
+A batch: 'video' (B, L, H, W, 3) float32 in [-1, 1]; 'tokens' (B, L, T) int32; 'frame_index'
+(B, L) int32 (frame indices within the episode); 'level' (B,) int32; 'cond_mask' (B, L)
+bool (`plan.condition_mask(level)`); 'episode' (B,) int32 (index into the data set's
+episodes); 'bad_records' (B,) int32 (bad windows skipped to make the example; sum it
+for the metrics).
+
+Bad records: the store raises `schema.RecordError` naming the file and record index.
+With `data.skip_bad` the window is replaced by another, drawn from the example's own
+random stream (so resumption stays exact), and counted in 'bad_records'.
+
+Latents: `transform(example) -> example` runs on every example after decoding and before
+batching, in the loader threads / workers. A trainer that trains on T-KLVAE latents
+either encodes 'video' on device after `global_batches` (no hook needed), or passes a
+transform that reads precomputed latents by ('episode', 'frame_index') and replaces
+'video'; with `decode_images=False` the PNG/JPEG payloads are not decoded (and
+'video' is absent) for such a transform.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import grain
+import numpy as np
+from PIL import Image
+
+from nuwa_jax.data import schema
+from nuwa_jax.hierarchy import HierarchyPlan
+
+T = TypeVar("T")
+Example = dict[str, Any]
+Tokenizer = Callable[[list[str]], np.ndarray]
+
+
+# ---------------------------------------------------------------------------------------
+# Files -> hosts.
+# ---------------------------------------------------------------------------------------
+def split_files(files: Sequence[T], process_index: int, process_count: int) -> list[T]:
+    """This process's contiguous block of `files` (sizes differ by at most one).
+
+    The blocks of processes 0..count-1 are disjoint and cover `files` in order.
+    """
+    if process_count < 1:
+        raise ValueError(f"split_files: process_count={process_count} must be >= 1")
+    if not 0 <= process_index < process_count:
+        raise ValueError(
+            f"split_files: process_index={process_index} is not in [0, {process_count})"
+        )
+    if len(files) < process_count:
+        raise ValueError(
+            f"split_files: {len(files)} files cannot be split across {process_count} hosts "
+            "(every host needs at least one file of its own); write smaller shards "
+            "(data.frames_per_shard) or use fewer hosts"
+        )
+    lo = process_index * len(files) // process_count
+    hi = (process_index + 1) * len(files) // process_count
+    return list(files[lo:hi])
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """Consecutive frames [first_frame, stop_frame) of one episode in this host's files."""
+
+    episode: int  # index into metadata.episodes
+    episode_id: str
+    first_frame: int
+    stop_frame: int
+    files: tuple[str, ...]
+
+    @property
+    def num_frames(self) -> int:
+        return self.stop_frame - self.first_frame
+
+
+def dataset_files(metadata: schema.DatasetMetadata) -> list[tuple[int, schema.ShardInfo]]:
+    """(episode index, shard) of every shard file, in data set order."""
+    return [(e, s) for e, ep in enumerate(metadata.episodes) for s in ep.shards]
+
+
+def host_runs(
+    metadata: schema.DatasetMetadata, process_index: int, process_count: int
+) -> list[Run]:
+    """The runs of consecutive frames in this host's block of shard files."""
+    mine = split_files(dataset_files(metadata), process_index, process_count)
+    runs: list[Run] = []
+    for e, shard in mine:
+        last = runs[-1] if runs else None
+        if last is not None and last.episode == e and last.stop_frame == shard.first_frame:
+            runs[-1] = dataclasses.replace(
+                last,
+                stop_frame=shard.first_frame + shard.num_frames,
+                files=last.files + (shard.file,),
+            )
+        else:
+            runs.append(
+                Run(
+                    e,
+                    metadata.episodes[e].id,
+                    shard.first_frame,
+                    shard.first_frame + shard.num_frames,
+                    (shard.file,),
+                )
+            )
+    return runs
+
+
+# ---------------------------------------------------------------------------------------
+# Windows.
+# ---------------------------------------------------------------------------------------
+class WindowIndex(Sequence[tuple[int, int, int]]):
+    """Random access to every training window of `levels` inside `runs`.
+
+    Item i is (level, run index, start frame); the window's frames are
+    `plan.window(level, start)`, all inside the run. Lazy: memory O(levels x runs).
+    """
+
+    def __init__(
+        self,
+        plan: HierarchyPlan,
+        runs: Sequence[Run],
+        levels: Sequence[int],
+        aligned: bool = False,
+    ):
+        self.plan, self.runs, self.aligned = plan, list(runs), bool(aligned)
+        self.levels = tuple(int(j) for j in levels)
+        if not self.levels:
+            raise ValueError("WindowIndex: no levels given")
+        self._blocks: list[tuple[int, int, range]] = []
+        self._ends: list[int] = []
+        total = 0
+        for level in self.levels:
+            count = 0
+            for r, run in enumerate(self.runs):
+                starts = plan.window_start_range(level, run.stop_frame, aligned, run.first_frame)
+                if len(starts):
+                    total += len(starts)
+                    count += len(starts)
+                    self._blocks.append((level, r, starts))
+                    self._ends.append(total)
+            if count == 0:
+                longest = max((run.num_frames for run in self.runs), default=0)
+                raise ValueError(
+                    f"no training window of level {level} (span {plan.window_span(level)} "
+                    f"frames at stride {plan.stride(level)}) fits this host's runs of "
+                    f"consecutive frames (longest: {longest} frames, {len(self.runs)} runs); "
+                    "use longer episodes, fewer hosts or a smaller hierarchy"
+                )
+
+    def __len__(self) -> int:
+        return self._ends[-1]
+
+    def __getitem__(self, i: int) -> tuple[int, int, int]:  # type: ignore[override]
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"WindowIndex: index {i} is not in [0, {len(self)})")
+        b = bisect.bisect_right(self._ends, i)
+        level, r, starts = self._blocks[b]
+        return level, r, starts[i - (self._ends[b - 1] if b else 0)]
+
+    def windows_per_level(self) -> dict[int, int]:
+        out = dict.fromkeys(self.levels, 0)
+        for level, _, starts in self._blocks:
+            out[level] += len(starts)
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+# Loading one window.
+# ---------------------------------------------------------------------------------------
+def fit_frame(image: np.ndarray, resolution: int) -> np.ndarray:
+    """Centre square crop and bicubic resize to resolution x resolution (uint8)."""
+    h, w = image.shape[:2]
+    if (h, w) == (resolution, resolution):
+        return image
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    crop = Image.fromarray(image[top : top + side, left : left + side])
+    return np.asarray(crop.resize((resolution, resolution), Image.Resampling.BICUBIC))
+
+
+def normalise(frames: np.ndarray) -> np.ndarray:
+    """uint8 [0, 255] -> float32 [-1, 1]."""
+    return frames.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
+
+
+class LoadWindow(grain.transforms.RandomMap):
+    """(level, run, start) -> one training example (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: schema.FrameStore,
+        plan: HierarchyPlan,
+        index: WindowIndex,
+        tokenizer: Tokenizer,
+        *,
+        resolution: int,
+        skip_bad: bool = False,
+        max_bad_retries: int = 16,
+        decode_images: bool = True,
+        transform: Callable[[Example], Example] | None = None,
+    ):
+        self.store, self.plan, self.index, self.tokenizer = store, plan, index, tokenizer
+        self.resolution = int(resolution)
+        self.skip_bad, self.max_bad_retries = bool(skip_bad), int(max_bad_retries)
+        self.decode_images, self.transform = bool(decode_images), transform
+
+    def load(self, level: int, run: int, start: int) -> Example:
+        """The example of one window; raises schema.RecordError on a bad record."""
+        episode = self.index.runs[run]
+        frames = self.plan.window(level, start)
+        got = self.store.read_frames(episode.episode_id, frames, decode=self.decode_images)
+        L = self.plan.frames_per_call
+        tokens = np.asarray(self.tokenizer(list(got.captions)))
+        if tokens.ndim != 2 or tokens.shape[0] != L or not np.issubdtype(tokens.dtype, np.integer):
+            raise ValueError(
+                f"tokenizer returned {tokens.shape} {tokens.dtype} for {L} captions; "
+                "expected an integer array (n, T)"
+            )
+        example: Example = dict(
+            tokens=tokens.astype(np.int32),
+            frame_index=frames,
+            level=np.int32(level),
+            cond_mask=self.plan.condition_mask(level),
+            episode=np.int32(episode.episode),
+        )
+        if self.decode_images:
+            images = np.stack([fit_frame(im, self.resolution) for im in got.images])
+            example["video"] = normalise(images)
+        return example
+
+    def random_map(self, element: tuple[int, int, int], rng: np.random.Generator) -> Example:
+        bad = 0
+        while True:
+            try:
+                example = self.load(*element)
+                break
+            except schema.RecordError as e:
+                if not self.skip_bad:
+                    raise
+                bad += 1
+                if bad > self.max_bad_retries:
+                    raise schema.DataError(
+                        f"{bad} bad windows in a row (data.max_bad_retries="
+                        f"{self.max_bad_retries}); last: {e}"
+                    ) from e
+                element = self.index[int(rng.integers(len(self.index)))]
+        example["bad_records"] = np.int32(bad)
+        if self.transform is not None:
+            example = self.transform(example)
+        return example
+
+
+# ---------------------------------------------------------------------------------------
+# The pipeline.
+# ---------------------------------------------------------------------------------------
+def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    return int(process_index), int(process_count)
+
+
+def _ensure_flags_parsed() -> None:
+    """grain's worker processes read absl flags; outside an absl app (tests, notebooks)
+    nothing has parsed them, so take their defaults."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def plan_from_config(config: Any) -> HierarchyPlan:
+    """The complete plan of `config.hierarchy` (training needs only L and m)."""
+    return HierarchyPlan.full(config.hierarchy.frames_per_call, config.hierarchy.depth)
+
+
+def make_dataset(
+    config: Any,
+    tokenizer: Tokenizer,
+    *,
+    plan: HierarchyPlan | None = None,
+    levels: Sequence[int] | None = None,
+    data_dir: str | os.PathLike | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    transform: Callable[[Example], Example] | None = None,
+    decode_images: bool = True,
+) -> grain.IterDataset:
+    """This host's infinite, shuffled stream of training batches (a grain IterDataset).
+
+    Args:
+      config: the full config (uses `hierarchy`, `data`).
+      tokenizer: texts list[str] -> int (n, T) array, e.g. models.text.ByteTokenizer.
+      plan: default `plan_from_config(config)`; the plan generation uses has the same
+        strides whatever its number of frames.
+      levels: levels whose windows are mixed into the stream; default
+        `data.levels`, and all levels of the plan when that is empty.
+      data_dir: default `data.data_dir`.
+      process_index, process_count: default jax.process_index() / process_count().
+      transform: per-example hook (latents; see the module docstring).
+      decode_images: False leaves out 'video' (a transform supplies what the model eats).
+    """
+    data = config.data
+    plan = plan_from_config(config) if plan is None else plan
+    if levels is None:
+        levels = tuple(data.levels) or tuple(plan.levels)
+    for level in levels:
+        plan.stride(level)  # validates, naming the level
+    root = os.fspath(data.data_dir if data_dir is None else data_dir)
+    if not root:
+        raise ValueError("data.data_dir is empty: give the frame store directory")
+    pid, count = _process(process_index, process_count)
+    if data.batch_size % count:
+        raise ValueError(
+            f"data.batch_size={data.batch_size} (global) is not divisible by {count} processes"
+        )
+    local_batch = data.batch_size // count
+    store = schema.FrameStore(root, skip_bad=False)  # bad records are handled here
+    runs = host_runs(store.metadata, pid, count)
+    for f in {f for run in runs for f in run.files}:
+        if not os.path.exists(os.path.join(root, f)):
+            raise schema.DataError(f"{os.path.join(root, f)}: shard listed in metadata is missing")
+    index = WindowIndex(plan, runs, levels, aligned=data.align_windows)
+    load = LoadWindow(
+        store,
+        plan,
+        index,
+        tokenizer,
+        resolution=data.resolution,
+        skip_bad=data.skip_bad,
+        max_bad_retries=data.max_bad_retries,
+        decode_images=decode_images,
+        transform=transform,
+    )
+    # Hosts hold different windows and shuffle with different seeds; uint32 for grain.
+    shuffle_seed, load_seed = (
+        int(x) for x in np.random.SeedSequence([int(data.shuffle_seed), pid]).generate_state(2)
+    )
+    ds = grain.MapDataset.source(index).shuffle(seed=shuffle_seed).repeat(None)
+    ds = ds.random_map(load, seed=load_seed)
+    read = grain.ReadOptions(
+        num_threads=data.read_threads, prefetch_buffer_size=data.prefetch_buffer_size
+    )
+    it = ds.to_iter_dataset(read).batch(local_batch, drop_remainder=True)
+    if data.worker_count > 0:
+        _ensure_flags_parsed()
+        it = it.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=data.worker_count, per_worker_buffer_size=data.worker_buffer_size
+            )
+        )
+    return it
+
+
+def make_iterator(config: Any, tokenizer: Tokenizer, **kwargs: Any) -> grain.DatasetIterator:
+    """`iter(make_dataset(...))`: checkpointable with get_state/set_state."""
+    return iter(make_dataset(config, tokenizer, **kwargs))
+
+
+def global_batches(
+    batches: Iterator[Mapping[str, np.ndarray]], mesh: Any, rules: Any
+) -> Iterator[dict[str, Any]]:
+    """Host batches -> global jax arrays sharded on the mesh's 'batch' axes."""
+    from nuwa_jax import parallel
+
+    for batch in batches:
+        yield parallel.global_batch(dict(batch), mesh, rules, leading="batch")

@@ -1,0 +1,284 @@
+"""Writes data sets in the frame-store layout of schema.py: shards, then metadata.json.
+
+Crash safety: every shard is written under a temporary name (`.<name>.tmp-<pid>`),
+fsynced and renamed when complete; an exception mid-shard removes the temporary file,
+and a new writer removes any left by a killed process. A finished episode leaves a
+small marker (`_episodes/<episode>.json`, written atomically) so a rerun skips it
+without decoding anything; within an unfinished episode, finished shards are
+verified (CRCs, record count, first record) and kept. metadata.json is written last,
+atomically, by `finalize`: a directory without it is not a data set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from nuwa_jax.data import schema
+
+EPISODE_MARKERS = "_episodes"
+
+
+@dataclasses.dataclass
+class WriterStats:
+    """What one writer did: for reports and the converter's summary."""
+
+    episodes_written: int = 0
+    episodes_resumed: int = 0  # already complete, skipped
+    shards_written: int = 0
+    shards_resumed: int = 0  # already complete within an unfinished episode
+    frames_written: int = 0
+    bytes_written: int = 0
+
+
+class DatasetWriter:
+    """Streams episodes of (image, caption) frames into shards of one data set directory.
+
+    Every shard holds consecutive frames of one episode (`frames_per_shard` of them, the
+    last fewer); metadata.json records the byte offset of every `index_every`-th record.
+    One writer per directory at a time.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        *,
+        fps: float,
+        height: int,
+        width: int,
+        image_format: str = "png",
+        jpeg_quality: int = 95,
+        frames_per_shard: int = 1024,
+        index_every: int = 16,
+        extra: dict[str, Any] | None = None,
+    ):
+        if image_format not in schema.IMAGE_FORMATS:
+            raise schema.DataError(
+                f"image_format must be one of {schema.IMAGE_FORMATS}, got {image_format!r}"
+            )
+        if frames_per_shard < 1 or index_every < 1:
+            raise schema.DataError(
+                f"frames_per_shard ({frames_per_shard}) and index_every ({index_every}) "
+                "must be >= 1"
+            )
+        self.out_dir = os.fspath(out_dir)
+        self.fps = float(fps)
+        self.height, self.width = int(height), int(width)
+        self.image_format = image_format
+        self.jpeg_quality = int(jpeg_quality)
+        self.frames_per_shard = int(frames_per_shard)
+        self.index_every = int(index_every)
+        self.extra = dict(extra or {})
+        self.stats = WriterStats()
+        self._episodes: list[schema.EpisodeInfo] = []
+        os.makedirs(os.path.join(self.out_dir, EPISODE_MARKERS), exist_ok=True)
+        self.removed_temp_files = self._remove_temp_files()
+
+    # -- layout ---------------------------------------------------------------------------
+    @property
+    def layout(self) -> dict[str, Any]:
+        """What must agree between a run and the run it resumes."""
+        return dict(
+            height=self.height,
+            width=self.width,
+            fps=self.fps,
+            image_format=self.image_format,
+            jpeg_quality=self.jpeg_quality,
+            frames_per_shard=self.frames_per_shard,
+            index_every=self.index_every,
+        )
+
+    def _remove_temp_files(self) -> list[str]:
+        removed = []
+        for d in (self.out_dir, os.path.join(self.out_dir, EPISODE_MARKERS)):
+            for name in os.listdir(d):
+                if schema.is_temp_name(name):
+                    os.remove(os.path.join(d, name))
+                    removed.append(name)
+        return removed
+
+    def _marker_path(self, episode_id: str) -> str:
+        name = schema.safe_episode_name(episode_id) + ".json"
+        return os.path.join(self.out_dir, EPISODE_MARKERS, name)
+
+    def finished_episode(self, episode_id: str) -> schema.EpisodeInfo | None:
+        """The episode's entry if an earlier run finished it with the same layout."""
+        path = self._marker_path(episode_id)
+        if not os.path.exists(path):
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                obj = json.load(f)
+            layout, entry = obj["layout"], obj["episode"]
+            info = schema.EpisodeInfo(
+                id=entry["id"],
+                num_frames=int(entry["num_frames"]),
+                shards=[schema.ShardInfo(**s) for s in entry["shards"]],
+                extra=dict(entry.get("extra", {})),
+            )
+        except (OSError, KeyError, TypeError, ValueError) as e:
+            raise schema.DataError(f"{path}: unreadable episode marker: {e}") from e
+        if layout != self.layout:
+            raise schema.DataError(
+                f"{path}: episode {episode_id!r} was written with {layout}, this run uses "
+                f"{self.layout}; use a fresh output directory"
+            )
+        if info.id != episode_id:
+            raise schema.DataError(f"{path}: marker is for episode {info.id!r}, not {episode_id!r}")
+        for s in info.shards:
+            shard_path = os.path.join(self.out_dir, s.file)
+            if not os.path.exists(shard_path) or os.path.getsize(shard_path) != s.size_bytes:
+                return None  # a shard went missing or changed: redo the episode
+        return info
+
+    def add_finished_episode(self, episode_id: str) -> schema.EpisodeInfo | None:
+        """Registers an episode finished by an earlier run; None if there is none."""
+        info = self.finished_episode(episode_id)
+        if info is not None:
+            self._register(info)
+            self.stats.episodes_resumed += 1
+        return info
+
+    def _register(self, info: schema.EpisodeInfo) -> None:
+        if any(e.id == info.id for e in self._episodes):
+            raise schema.DataError(f"{self.out_dir}: episode {info.id!r} written twice")
+        self._episodes.append(info)
+
+    # -- writing --------------------------------------------------------------------------
+    def _check_frame(self, episode_id: str, index: int, image: Any, caption: Any) -> np.ndarray:
+        image = np.asarray(image)
+        if image.shape != (self.height, self.width, 3) or image.dtype != np.uint8:
+            raise schema.DataError(
+                f"episode {episode_id!r} frame {index}: image is {image.shape} {image.dtype}, "
+                f"expected ({self.height}, {self.width}, 3) uint8"
+            )
+        if not isinstance(caption, str):
+            raise schema.DataError(
+                f"episode {episode_id!r} frame {index}: caption is {type(caption).__name__}"
+            )
+        return image
+
+    def _existing_shard(
+        self, path: str, episode_id: str, first_frame: int
+    ) -> tuple[list[int], int] | None:
+        """(offset of every record, size) of a finished shard of this episode, else None."""
+        if not os.path.exists(path):
+            return None
+        try:
+            offsets = schema.scan_offsets(path)
+            first = next(schema.iter_records(path))
+            frame = schema.parse_frame(first, (self.height, self.width), decode=False)
+        except (schema.DataError, ValueError, StopIteration):
+            os.remove(path)  # damaged: write it again
+            return None
+        if frame.episode_id != episode_id or frame.frame_index != first_frame:
+            raise schema.DataError(
+                f"{path}: holds episode {frame.episode_id!r} from frame {frame.frame_index}, "
+                f"expected {episode_id!r} from {first_frame}; use a fresh output directory"
+            )
+        return offsets, os.path.getsize(path)
+
+    def _write_shard(
+        self, path: str, episode_id: str, first_frame: int, frames: list[tuple[np.ndarray, str]]
+    ) -> tuple[list[int], int]:
+        tmp = schema.temp_name(path)
+        offsets = []
+        try:
+            with open(tmp, "wb") as f:
+                pos = 0
+                for j, (image, caption) in enumerate(frames):
+                    record = schema.frame_record(
+                        schema.encode_frame(
+                            episode_id,
+                            first_frame + j,
+                            image,
+                            caption,
+                            self.image_format,
+                            self.jpeg_quality,
+                        )
+                    )
+                    if j % self.index_every == 0:
+                        offsets.append(pos)
+                    f.write(record)
+                    pos += len(record)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        self.stats.shards_written += 1
+        self.stats.frames_written += len(frames)
+        self.stats.bytes_written += pos
+        return offsets, pos
+
+    def write_episode(
+        self,
+        episode_id: str,
+        frames: Iterable[tuple[np.ndarray, str]],
+        extra: dict[str, Any] | None = None,
+    ) -> schema.EpisodeInfo:
+        """Writes one episode from an iterable of ((H, W, 3) uint8 image, caption).
+
+        Finished shards of an earlier, interrupted run of the same episode are checked
+        and kept (their frames are consumed from `frames` but not encoded again). On an
+        exception no shard file of the unfinished shard remains.
+        """
+        if any(e.id == episode_id for e in self._episodes):
+            raise schema.DataError(f"{self.out_dir}: episode {episode_id!r} written twice")
+        shards: list[schema.ShardInfo] = []
+        it: Iterator[tuple[np.ndarray, str]] = iter(frames)
+        index = 0
+        exhausted = False
+        while not exhausted:
+            batch: list[tuple[np.ndarray, str]] = []
+            for _ in range(self.frames_per_shard):
+                try:
+                    image, caption = next(it)
+                except StopIteration:
+                    exhausted = True
+                    break
+                batch.append(
+                    (self._check_frame(episode_id, index + len(batch), image, caption), caption)
+                )
+            if not batch:
+                break
+            name = schema.shard_file_name(episode_id, len(shards))
+            path = os.path.join(self.out_dir, name)
+            existing = self._existing_shard(path, episode_id, index)
+            if existing is not None and len(existing[0]) == len(batch):
+                offsets, size = existing[0][:: self.index_every], existing[1]
+                self.stats.shards_resumed += 1
+            else:
+                offsets, size = self._write_shard(path, episode_id, index, batch)
+            shards.append(schema.ShardInfo(name, index, len(batch), offsets, size))
+            index += len(batch)
+        if index == 0:
+            raise schema.DataError(f"episode {episode_id!r}: no frames")
+        info = schema.EpisodeInfo(episode_id, index, shards, dict(extra or {}))
+        marker = dict(layout=self.layout, episode=dataclasses.asdict(info))
+        schema.atomic_write_bytes(self._marker_path(episode_id), json.dumps(marker).encode("utf-8"))
+        self._register(info)
+        self.stats.episodes_written += 1
+        return info
+
+    def finalize(self) -> schema.DatasetMetadata:
+        """Writes metadata.json (atomically, last) for the episodes of this run, in order."""
+        meta = schema.DatasetMetadata(
+            fps=self.fps,
+            height=self.height,
+            width=self.width,
+            image_format=self.image_format,
+            index_every=self.index_every,
+            frames_per_shard=self.frames_per_shard,
+            episodes=list(self._episodes),
+            extra=self.extra,
+        )
+        schema.save_metadata(self.out_dir, meta)
+        return meta

@@ -1,0 +1,93 @@
+"""Orbax checkpoints of a training run in `workdir/checkpoints`.
+
+Each step directory holds three items (ocp.args.Composite):
+- `state`: the TrainState (params, optimiser state, step, EMA), saved sharded, restored
+  onto an abstract state that carries the target shardings (no host gathers a model);
+- `data`: the grain iterator's position (grain.checkpoint.CheckpointSave / Restore), so a
+  resumed run reads exactly the batches an uninterrupted run would have read;
+- `config`: the run's config as JSON (what produced these weights).
+Saves are asynchronous (train.async_checkpointing); the newest train.keep_checkpoints are
+kept. orbax writes each step to a temporary directory and renames it when complete, so
+an interrupted save never shadows the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class Checkpointer:
+    """CheckpointManager of one run: save / restore of state, data position and config."""
+
+    def __init__(self, workdir: str | os.PathLike, train: Any):
+        if train.keep_checkpoints < 1:
+            raise ValueError(f"train.keep_checkpoints={train.keep_checkpoints} must be >= 1")
+        if not train.checkpoint_replica_parallel:
+            ocp.type_handlers.register_type_handler(
+                jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
+            )
+        self.directory = os.path.join(os.path.abspath(os.fspath(workdir)), CHECKPOINT_DIR)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=int(train.keep_checkpoints),
+            enable_async_checkpointing=bool(train.async_checkpointing),
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "data", "config")
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, iterator: grain.DatasetIterator, config: Any) -> None:
+        """Starts saving step `step` (asynchronously when configured)."""
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(iterator),
+                config=ocp.args.JsonSave(config.to_dict()),
+            ),
+            force=True,
+        )
+
+    def restore(
+        self, step: int, abstract_state: Any, iterator: grain.DatasetIterator | None
+    ) -> Any:
+        """The TrainState of `step` on the abstract state's shardings; moves `iterator` there."""
+        items = dict(state=ocp.args.StandardRestore(abstract_state))
+        if iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(iterator)
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return restored["state"]
+
+    def restore_config(self, step: int) -> dict:
+        """The config JSON saved with `step`."""
+        return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))[
+            "config"
+        ]
+
+    def wait(self) -> None:
+        """Blocks until pending async saves are on disk."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_like(state: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs of `state` carrying `shardings` (the restore target)."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
+    )

@@ -1,0 +1,232 @@
+"""Video converter: small PyAV-written videos, SRT / VTT / JSON / CSV captions, errors,
+--skip_bad, resuming, crash safety."""
+
+from __future__ import annotations
+
+import os
+
+import av
+import numpy as np
+import pytest
+
+from nuwa_jax.data import convert_videos as cv
+from nuwa_jax.data import schema
+
+
+def write_video(path, num_frames, rate, codec="mpeg4", size=(40, 32)):
+    """Frame i is a flat grey of level 8 * i (so resampling can be checked by value)."""
+    w, h = size
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=rate)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.bit_rate = 20_000_000  # near-lossless: grey levels survive to +-1
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(np.full((h, w, 3), 8 * i, np.uint8), "rgb24")
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+SRT = """1
+00:00:00,000 --> 00:00:01,500
+<i>first</i> caption
+
+2
+00:00:01,500 --> 00:00:03,000
+second
+"""
+
+
+@pytest.fixture()
+def dirs(tmp_path):
+    videos, caps = tmp_path / "videos", tmp_path / "captions"
+    videos.mkdir()
+    caps.mkdir()
+    write_video(videos / "a.mp4", 30, 10)  # 3.0 s
+    (caps / "a.srt").write_text(SRT)
+    write_video(videos / "b.mkv", 24, 12)  # 2.0 s
+    (caps / "b.json").write_text('{"0": "start", "12": "middle"}')
+    return videos, caps, tmp_path / "out"
+
+
+def test_convert_srt_and_json(dirs):
+    videos, caps, out = dirs
+    meta, summary = cv.convert(
+        str(videos), str(caps), str(out), resolution=16, fps=5, frames_per_shard=4, index_every=2
+    )
+    assert summary.converted == ["a.mp4", "b.mkv"] and not summary.skipped
+    assert [(e.id, e.num_frames) for e in meta.episodes] == [("a", 15), ("b", 10)]
+    store = schema.FrameStore(out)
+    a = store.read_frames("a", range(15))
+    assert a.images.shape == (15, 16, 16, 3)
+    assert a.captions == ["first caption"] * 8 + ["second"] * 7
+    # Output frame j (t = 0.2 j) shows source frame 2 j (grey level 16 j).
+    np.testing.assert_allclose(a.images.mean(axis=(1, 2, 3)), 16 * np.arange(15), atol=3)
+    b = store.read_window("b", 0, 10)
+    src = np.floor(np.arange(10) * 0.2 * 12 + 1e-6).astype(int)
+    assert b.captions == ["start" if i < 12 else "middle" for i in src]
+    np.testing.assert_allclose(b.images.mean(axis=(1, 2, 3)), 8 * src, atol=3)
+    assert meta.episodes[1].extra["source_frames"] == 24
+    assert meta.episodes[1].extra["captions"] == "b.json"
+    # A rerun skips finished episodes.
+    _, again = cv.convert(
+        str(videos), str(caps), str(out), resolution=16, fps=5, frames_per_shard=4, index_every=2
+    )
+    assert again.resumed == ["a.mp4", "b.mkv"] and not again.converted
+
+
+def test_webm_vtt_csv_and_native_fps(tmp_path):
+    videos, caps = tmp_path / "v", tmp_path / "c"
+    videos.mkdir()
+    caps.mkdir()
+    write_video(videos / "w.webm", 12, 6, codec="libvpx", size=(32, 48))
+    (caps / "w.vtt").write_text(
+        "WEBVTT\n\nNOTE a note\n\ncue-1\n00:00.000 --> 00:01.000 align:start\nhello\n\n"
+        "00:01.500 --> 00:02.000\nworld\n"
+    )
+    write_video(videos / "c.avi", 6, 6)
+    (caps / "c.csv").write_text('frame,caption\n0,zero\n3,"three, with comma"\n')
+    meta, summary = cv.convert(str(videos), str(caps), str(tmp_path / "o"), resolution=16, fps=0)
+    store = schema.FrameStore(tmp_path / "o")
+    w = store.read_frames("w", range(12))
+    assert w.captions == ["hello"] * 6 + [""] * 3 + ["world"] * 3 and summary.gap_frames == 3
+    assert store.read_frames("c", range(6)).captions == ["zero"] * 3 + ["three, with comma"] * 3
+
+
+def _expect_error(dirs, message, **kw):
+    videos, caps, out = dirs
+    with pytest.raises(cv.ConversionError, match=message):
+        cv.convert(str(videos), str(caps), str(out), resolution=16, fps=5, **kw)
+
+
+def test_errors_name_the_file(dirs):
+    videos, caps, out = dirs
+    (videos / "c.mp4").write_bytes(os.urandom(2000))
+    (caps / "c.json").write_text('["x"]')
+    _expect_error(dirs, r"c\.mp4: unreadable video")
+    (videos / "c.mp4").unlink()
+    write_video(videos / "d.avi", 10, 10)
+    _expect_error(dirs, r"d\.avi: missing caption file: none of .*d\.json")
+    (caps / "d.srt").write_text("1\n00:00:00,000 --> 00:00:01,800\nlate\n")  # video is 1.0 s
+    _expect_error(dirs, r"d\.srt: caption interval 0\.000-1\.800 s ends past the end of .*d\.avi")
+    (caps / "d.srt").write_text("1\n00:00:00,000 --> 00:00:00,500\nok\n\n2\n00:00:00,5 -> 1\nx\n")
+    _expect_error(dirs, r"d\.srt:5: expected a cue timing line")
+    (caps / "d.srt").write_text("1\n00:00:00,000 --> 00:00:0x,500\nbad\n")
+    _expect_error(dirs, r"d\.srt:2: bad timestamp '00:00:0x,500'")
+    (caps / "d.srt").unlink()
+    (caps / "d.json").write_text('{"0": "a", "10": "b"}')  # 10 frames: 0..9
+    _expect_error(dirs, r"d\.json: caption for frame 10, but .*d\.avi has 10 frames")
+    (caps / "d.csv").write_text("0,a\n")
+    _expect_error(dirs, r"d\.avi: ambiguous captions")
+    assert not (out / "metadata.json").exists()
+
+
+def test_skip_bad_counts_and_cli(dirs, capsys):
+    videos, caps, out = dirs
+    (videos / "c.mp4").write_bytes(b"\x00" * 500)
+    (caps / "c.json").write_text('["x"]')
+    write_video(videos / "d.avi", 10, 10)
+    (videos / "e.mp4").write_bytes((videos / "a.mp4").read_bytes())
+    (caps / "e.srt").write_text("1\n00:00:00,000 --> 00:00:09,000\ntoo long\n")
+    summary = cv.main(
+        [
+            "--videos",
+            str(videos),
+            "--captions",
+            str(caps),
+            "--out",
+            str(out),
+            "--resolution",
+            "16",
+            "--fps",
+            "5",
+            "--skip_bad",
+        ]
+    )
+    assert summary.converted == ["a.mp4", "b.mkv"]
+    assert [v for v, _ in summary.skipped] == ["c.mp4", "d.avi", "e.mp4"]
+    printed = capsys.readouterr().out
+    assert "3 skipped" in printed and "skipped d.avi: d.avi: missing caption file" in printed
+    assert schema.FrameStore(out).episodes == ("a", "b")
+
+
+def test_crash_mid_shard_then_resume(dirs, monkeypatch):
+    videos, caps, out = dirs
+    kw = dict(resolution=16, fps=5, frames_per_shard=4, index_every=2)
+    real = cv.resize_and_crop
+    calls = [0]
+
+    def dying(image, resolution):
+        calls[0] += 1
+        if calls[0] == 10:  # frame 9 of episode 'a': shards 0, 1 done, shard 2 half done
+            raise RuntimeError("killed")
+        return real(image, resolution)
+
+    monkeypatch.setattr(cv, "resize_and_crop", dying)
+    with pytest.raises(RuntimeError, match="killed"):
+        cv.convert(str(videos), str(caps), str(out), **kw)
+    names = sorted(os.listdir(out))
+    assert [n for n in names if n.endswith(".tfrecord")] == ["a.00000.tfrecord", "a.00001.tfrecord"]
+    assert "metadata.json" not in names and not [n for n in names if schema.is_temp_name(n)]
+    monkeypatch.setattr(cv, "resize_and_crop", real)
+    meta, summary = cv.convert(str(videos), str(caps), str(out), **kw)
+    assert summary.shards_resumed == 2 and summary.converted == ["a.mp4", "b.mkv"]
+    clean_meta, _ = cv.convert(str(videos), str(caps), str(out) + "_clean", **kw)
+    for e, c in zip(meta.episodes, clean_meta.episodes):
+        assert e.num_frames == c.num_frames
+        for s in e.shards:
+            assert (out / s.file).read_bytes() == (out.parent / "out_clean" / s.file).read_bytes()
+    assert schema.FrameStore(out).read_frames("a", [9]).captions == ["second"]
+
+
+def test_caption_parsers(tmp_path):
+    p = tmp_path / "x.json"
+    p.write_text('{"2": "b", "0": "a"}')
+    caps = cv.parse_json_captions(str(p))
+    assert [caps.at(i) for i in range(4)] == ["a", "a", "b", "b"]
+    p.write_text('{"1": "b"}')
+    with pytest.raises(cv.ConversionError, match="x.json: the first caption is for frame 1"):
+        cv.parse_json_captions(str(p))
+    p.write_text('["a", 3]')
+    with pytest.raises(cv.ConversionError, match="x.json: item 1 is int"):
+        cv.parse_json_captions(str(p))
+    p = tmp_path / "x.csv"
+    p.write_text("0,a\nzz,b\n")
+    with pytest.raises(cv.ConversionError, match="x.csv: line 2: frame 'zz' is not an integer"):
+        cv.parse_csv_captions(str(p))
+    p = tmp_path / "x.vtt"
+    p.write_text("00:00.000 --> 00:01.000\nhi\n")
+    with pytest.raises(cv.ConversionError, match="x.vtt:1: a WebVTT file must start"):
+        cv.parse_timed_captions(str(p))
+    p = tmp_path / "x.srt"
+    p.write_text("1\n00:00:02,000 --> 00:00:01,000\nbackwards\n")
+    with pytest.raises(cv.ConversionError, match="x.srt:2: cue ends"):
+        cv.parse_timed_captions(str(p))
+    frame = np.zeros((30, 50, 3), np.uint8)
+    frame[:, 25:] = 255
+    out = cv.resize_and_crop(frame, 12)
+    assert out.shape == (12, 12, 3) and out[:, :5].max() == 0 and out[:, 7:].min() == 255
+
+
+def test_tfds_flintstones_hd_builder(dirs, tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from nuwa_jax.data import tfds_builders
+
+    videos, caps, _ = dirs
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    os.rename(videos, manual / "videos")
+    os.rename(caps, manual / "captions")
+    (manual / "test.txt").write_text("b.mkv\n")
+    builder = tfds_builders.FlintstonesHd(config="r128", data_dir=str(tmp_path / "tfds"))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
+    )
+    assert builder.info.splits["train"].num_examples == 24  # a.mp4: 3 s at 8 fps
+    assert builder.info.splits["test"].num_examples == 16  # b.mkv: 2 s at 8 fps
+    test = sorted(
+        tfds.as_numpy(builder.as_dataset(split="test")), key=lambda e: int(e["frame_index"])
+    )
+    assert test[0]["image"].shape == (128, 128, 3)
+    assert [e["caption"].decode() for e in test] == ["start"] * 8 + ["middle"] * 8

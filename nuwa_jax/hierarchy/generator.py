@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nuwa_jax import parallel, video_io
 from nuwa_jax.diffusion import samplers
@@ -114,7 +114,11 @@ class Generator:
     # -----------------------------------------------------------------------------------
     # Jitted pieces: one sampler call per model, one VAE decode.
     # -----------------------------------------------------------------------------------
-    def _sharding(self, ndim: int):
+    def _sharding(self, ndim: int, batch: int):
+        """Segments over the `segments` mesh axes; a batch that does not divide them (the AR
+        chain's single segment) is replicated instead."""
+        if batch % parallel.batch_divisor(self.mesh, self.rules, "segments"):
+            return NamedSharding(self.mesh, PartitionSpec())
         return parallel.logical_to_sharding(("segments",) + (None,) * (ndim - 1), self.rules,
                                             self.mesh)  # fmt: skip
 
@@ -154,7 +158,7 @@ class Generator:
                 model_fn, shape, keys, dcfg, cond=context, uncond=uncond, known=known
             )
 
-        seg = self._sharding
+        seg = lambda ndim: self._sharding(ndim, chunk)  # noqa: E731
         return jax.jit(
             run,
             in_shardings=(None, seg(3), seg(5), seg(2), seg(1), seg(1)),
@@ -176,7 +180,7 @@ class Generator:
 
     def _global(self, x: np.ndarray) -> jax.Array:
         """A global array of host data every process holds in full (deterministic inputs)."""
-        sharding = self._sharding(x.ndim)
+        sharding = self._sharding(x.ndim, x.shape[0])
         return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
     # -----------------------------------------------------------------------------------

@@ -232,6 +232,10 @@ def data_config(preset: str) -> ml_collections.ConfigDict:
             source="synthetic" if preset in ("tiny", "demo") else "frames",
             data_dir="",  # frame store of the training episodes
             eval_data_dir="",  # frame store of held-out episodes ('' = none)
+            # Latent store (nuwa_jax.data.latents: T-KLVAE posterior moments of data_dir's
+            # frames): when set, 'mtd' training reads it instead of data_dir and encodes
+            # nothing ('' = encode video windows with the frozen VAE every step).
+            latents_dir="",
             resolution=resolution,  # square frames, pixels per side
             fps=8.0,  # frames per second of the stored episodes
             image_format="png",  # 'png' (lossless) or 'jpeg'
@@ -335,6 +339,17 @@ def train_config(preset: str) -> ml_collections.ConfigDict:
             # orbax's replica-parallel saving of replicated arrays (process-wide switch;
             # False saves each array from one replica: far fewer compiles on CPU tests).
             checkpoint_replica_parallel=True,
+            # Samples logged as images (TensorBoard) and PNGs (workdir/samples/) every n
+            # steps, with the EMA parameters, on a clip of the run's first batch: 'vae' its
+            # frames above their reconstructions; 'mtd' a clip of the level sampled from
+            # the clip's given frames and prompts (0: off).
+            sample_every={"tiny": 0, "demo": 1000}.get(preset, 5000),
+            # 'mtd' samples: reverse diffusion steps (0: diffusion.num_sampling_steps).
+            sample_steps=0,
+            # Profiler (lead process, clu periodic_actions.Profile): trace this many steps
+            # after step `profile_first_step` into workdir/plugins/profile (0: off).
+            profile_steps=0 if tiny else 5,
+            profile_first_step=10,  # the trace starts after this step (compiles are done)
             # Tests only: step whose loss is made NaN (-1: never), to exercise the NaN stop.
             debug_nan_at_step=-1,
         )

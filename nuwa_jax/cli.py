@@ -73,9 +73,27 @@ def _config_spec(argv: Sequence[str], default: str) -> str:
     return spec
 
 
+def config_override_keys(argv: Sequence[str]) -> list[str]:
+    """The dotted keys of the `--config.a.b[=v]` overrides in argv, in order ('a.b')."""
+    return [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+
+
+def config_overrides(config: Any, argv: Sequence[str]) -> dict[str, Any]:
+    """{'a.b': value} of every `--config.a.b=v` in argv, the values read from `config` (the
+    parsed --config flag, overrides applied): to apply the same overrides to another
+    config, e.g. a bundle's (nuwa_jax.hierarchy.bundle.generation_config)."""
+    out = {}
+    for key in config_override_keys(argv):
+        node = config
+        for part in key.split("."):
+            node = node[part]
+        out[key] = node
+    return out
+
+
 def check_config_overrides(argv: Sequence[str], default: str = DEFAULT_CONFIG) -> None:
     """Raises a clear error if any `--config.a.b[=v]` in argv names a key that does not exist."""
-    overrides = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    overrides = config_override_keys(argv)
     if not overrides:
         return
     spec = _config_spec(argv, default)

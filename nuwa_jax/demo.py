@@ -7,14 +7,19 @@ It runs the whole Diffusion-over-Diffusion path of `nuwa_jax.generate` on the de
 and the demo storyboard (`configs/storyboards/demo.txt`), writing the mp4, gif, keyframe
 contact sheet, filmstrip and per-level timings to `--out`.
 
-No trained demo checkpoint ships yet, so the networks are randomly initialised (the
-outputs say so in `video_timings.json`: "random_weights": true): what this shows today
-is the machinery (plan, parallel levels, streaming decode, outputs) and its speed.
+No trained demo checkpoint ships yet, so by default the networks are randomly initialised
+(the outputs say so in `video_timings.json`: "weights": {"source": "random"}): what this
+shows today is the machinery (plan, parallel levels, streaming decode, outputs) and its
+speed. `--checkpoint=BUNDLE` runs the same job on trained weights (a hierarchy bundle
+from `python -m nuwa_jax.export`); the config is then the bundle's (with any
+`--config.*` overrides), and sampling uses its diffusion.num_sampling_steps unless
+`--steps` is given.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import flags
 
@@ -27,23 +32,42 @@ _FRAMES = flags.DEFINE_integer("frames", None, "Frames (default: N(depth) of the
 _SCHEDULE = flags.DEFINE_enum("schedule", "dod", ["dod", "ar"], "Generation schedule.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _STEPS = flags.DEFINE_integer(
-    "steps", 4, "Sampling steps (few: with random weights more steps only cost time)."
+    "steps",
+    None,
+    "Sampling steps (default: 4 with random weights, where more only cost time; the "
+    "config's with --checkpoint).",
 )
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Hierarchy bundle to generate with (default: random weights)."
+)
+RANDOM_WEIGHTS_STEPS = 4
 
 STORYBOARD = os.path.join(cli.repo_root(), "configs", "storyboards", "demo.txt")
 
 
 def main(argv: list[str]) -> None:
     del argv
-    config = _CONFIG.value
+    checkpoint = _CHECKPOINT.value
+    if checkpoint:
+        from nuwa_jax.hierarchy import bundle
+
+        overrides = cli.config_overrides(_CONFIG.value, sys.argv[1:])
+        config = bundle.generation_config(checkpoint, overrides)
+    else:
+        config = _CONFIG.value
     with config.unlocked():
         config.generation.schedule = _SCHEDULE.value
-        config.diffusion.num_sampling_steps = _STEPS.value
+        if _STEPS.value is not None:
+            config.diffusion.num_sampling_steps = _STEPS.value
+        elif not checkpoint:
+            config.diffusion.num_sampling_steps = RANDOM_WEIGHTS_STEPS
         if _FRAMES.value is not None:
             config.generation.num_frames = _FRAMES.value
     report = run_generation(config, storyboard.load(STORYBOARD), _OUT.value, "video",
-                            _SEED.value, random_weights=True)  # fmt: skip
-    print(f"\n{report['num_frames']} frames ({report['schedule']}, random weights) written to "
+                            _SEED.value, random_weights=not checkpoint,
+                            checkpoint=checkpoint)  # fmt: skip
+    weights = "random weights" if not checkpoint else f"weights {report['weights']['path']}"
+    print(f"\n{report['num_frames']} frames ({report['schedule']}, {weights}) written to "
           f"{_OUT.value}/: {', '.join(report['outputs'])}")  # fmt: skip
     for level in report["levels"]:
         print(f"  {level['level']:>8}: {level['segments']:5d} segments in {level['calls']:4d} "

@@ -10,9 +10,13 @@ timings are printed and written to `timings.json` next to the video. The mp4 is 
 as frames become final and, like every output, written under a temporary name and
 renamed when complete.
 
-Weights: `--random_weights` builds the config's networks from its seed (the shapes,
-sharding and speed are real; the pictures are noise). Trained checkpoints are loaded
-with `--checkpoint` once the trainer writes them.
+Weights: `--checkpoint=PATH` loads a hierarchy bundle (`python -m nuwa_jax.export` makes
+one from trainer runs; its sha256 is verified first). The config then comes from the
+bundle's manifest: `--config=FILE` is not read, `--config.a.b=v` overrides and the flags
+below apply on top, and an override of a field the weights fix (architecture, noise
+schedule, parameterisation) must equal the bundle's. `--random_weights` builds the
+config's networks from its seed (the shapes, sharding and speed are real; the pictures
+are noise). The timings JSON records which (`weights`: bundle path and sha256, or random).
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (the video depends on it 
 _OUT = flags.DEFINE_string("out", "outputs/generate", "Output directory.")
 _NAME = flags.DEFINE_string("name", "video", "Base name of the output files.")
 _RANDOM = flags.DEFINE_bool("random_weights", False, "Use randomly initialised networks.")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Hierarchy bundle (<name>.json / .safetensors, or its stem)."
+)
 _GIF = flags.DEFINE_bool("gif", True, "Also write an animated gif.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Progress bar per level.")
 
@@ -71,25 +78,53 @@ def app_error(message: str) -> SystemExit:
     return SystemExit(2)
 
 
+def base_config(checkpoint: str | None) -> Any:
+    """The --config file's config, or with a checkpoint the bundle's plus the command line's
+    `--config.*` overrides (their values as parsed against the --config file)."""
+    if not checkpoint:
+        return _CONFIG.value
+    from nuwa_jax.hierarchy import bundle
+
+    return bundle.generation_config(checkpoint, cli.config_overrides(_CONFIG.value, sys.argv[1:]))
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app_error(f"unexpected arguments {argv[1:]}")
-    config = apply_flags(_CONFIG.value)
+    if _CHECKPOINT.value and _RANDOM.value:
+        raise app_error("give either --checkpoint or --random_weights, not both")
+    try:
+        config = apply_flags(base_config(_CHECKPOINT.value))
+    except (ValueError, FileNotFoundError) as e:  # a bad bundle, or overrides it refuses
+        raise app_error(str(e)) from None
     try:
         board = load_storyboard()
     except storyboard.StoryboardError as e:
         raise app_error(str(e)) from None
     try:
         report = run_generation(config, board, _OUT.value, _NAME.value, _SEED.value,
-                                _RANDOM.value, _GIF.value, _PROGRESS.value)  # fmt: skip
-    except MissingWeightsError as e:
+                                _RANDOM.value, _GIF.value, _PROGRESS.value,
+                                checkpoint=_CHECKPOINT.value)  # fmt: skip
+    except (MissingWeightsError, FileNotFoundError) as e:
         raise app_error(str(e)) from None
+    except ValueError as e:  # checksum, keys and shapes of a bundle
+        from nuwa_jax.convert.common import WeightImportError
+        from nuwa_jax.hierarchy.bundle import BundleError
+
+        if isinstance(e, BundleError | WeightImportError):
+            raise app_error(str(e)) from None
+        raise
     for level in report["levels"]:
         logging.info("%s", level)
     print(
         f"{report['num_frames']} frames ({report['schedule']}) in {report['total_seconds']:.1f} s "
         f"-> {os.path.join(_OUT.value, _NAME.value)}.mp4"
     )
+    weights = report["weights"]
+    if weights["source"] == "bundle":
+        print(f"  weights: {weights['path']} (sha256 {weights['sha256'][:16]}...)")
+    else:
+        print("  weights: random (the config's initialisation)")
     for level in report["levels"]:
         print(
             f"  {level['level']:>8}: {level['segments']:5d} segments, {level['calls']:4d} calls,"

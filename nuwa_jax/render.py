@@ -29,27 +29,40 @@ def write_json(path: str, data: Any) -> None:
 
 
 def run_generation(config: Any, board: storyboard.Storyboard, out_dir: str, name: str,
-                   seed: int, random_weights: bool, gif: bool = True,
-                   progress: bool = True) -> dict[str, Any]:  # fmt: skip
-    """Builds the models, generates, writes every output; returns the report."""
+                   seed: int, random_weights: bool, gif: bool = True, progress: bool = True,
+                   checkpoint: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Builds the models, generates, writes every output; returns the report.
+
+    Weights: `checkpoint`, a hierarchy bundle (nuwa_jax/hierarchy/bundle.py; `config`
+    must agree with its architecture fields, e.g. `bundle.generation_config(checkpoint)`),
+    or `random_weights` (the config's initialisation); exactly one.
+    """
     import numpy as np
 
-    from nuwa_jax.hierarchy import full_length
+    from nuwa_jax.hierarchy import bundle, full_length
     from nuwa_jax.hierarchy.generator import Generator
     from nuwa_jax.hierarchy.models import HierarchyModels
     from nuwa_jax.models.text import make_tokenizer
 
-    if not random_weights:
+    if checkpoint and random_weights:
+        raise MissingWeightsError("give either a checkpoint or random weights, not both")
+    if not checkpoint and not random_weights:
         raise MissingWeightsError(
-            "no trained checkpoint can be loaded yet: pass --random_weights to run the "
-            "real pipeline on randomly initialised networks"
+            "no weights: pass --checkpoint=BUNDLE (made by python -m nuwa_jax.export from "
+            "trainer runs) or --random_weights to run the real pipeline on randomly "
+            "initialised networks"
         )
     h, g = config.hierarchy, config.generation
     n = g.num_frames or full_length(h.frames_per_call, h.depth)
     prompts = board.frame_prompts(n)
     mesh, rules = parallel.make_mesh(config.mesh), parallel.logical_rules(config)
     t0 = time.perf_counter()
-    models = HierarchyModels.create(config, mesh, rules)
+    manifest = None
+    if checkpoint:
+        manifest = bundle.read_manifest(checkpoint)
+        models = bundle.load_bundle(checkpoint, config, mesh, rules)
+    else:
+        models = HierarchyModels.create(config, mesh, rules)
     build_s = time.perf_counter() - t0
     generator = Generator(config, models, mesh, rules, make_tokenizer(config.text))
     os.makedirs(out_dir, exist_ok=True)
@@ -80,7 +93,8 @@ def run_generation(config: Any, board: storyboard.Storyboard, out_dir: str, name
         schedule=g.schedule,
         config=config.preset,
         seed=seed,
-        random_weights=random_weights,
+        random_weights=not checkpoint,
+        weights=bundle.weights_report(manifest),
         devices=[str(d) for d in mesh.devices.flat],
         mesh=dict(mesh.shape),
         chunk_segments=generator.chunk,

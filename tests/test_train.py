@@ -1,24 +1,33 @@
-"""The trainer: a falling loss, exact resume, SIGTERM, NaN stop (CPU, 8 simulated devices).
+"""The trainer: a falling loss, exact resume, SIGTERM, NaN stop, samples, profile, bad-record
+counts, bf16 compute and the train-step benchmark (CPU, 8 simulated devices).
 
 Tiny models at 16 px, global batch 8. Compiles go through a persistent compilation cache
 shared by the tests of this file (the trainer is re-jitted by every `train` call).
 """
 
+import glob
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 import nuwa_jax  # noqa: F401
 from configs import common
-from nuwa_jax.data import synthetic
+from nuwa_jax import parallel, video_io
+from nuwa_jax.data import pipeline, schema, synthetic
+from nuwa_jax.models.text import make_tokenizer
 from nuwa_jax.train import Checkpointer, NonFiniteError, train
+from nuwa_jax.train import samples as samples_lib
 from nuwa_jax.train import trainer as trainer_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,3 +185,184 @@ def test_local_level_mtd_with_frozen_text(data_dir, cache_dir, tmp_path):
     L = cfg.hierarchy.frames_per_call
     assert [r["generated_fraction"] for r in records] == [(L - 2) / L] * 2
     assert all(np.isfinite(r["loss"]) for r in records)
+
+
+def corrupt_records(src: str, dst: str, records) -> None:
+    """A copy of the data set `src` in `dst` with `records` of episode 0's first shard
+    failing their CRC check."""
+    shutil.copytree(src, dst)
+    path = os.path.join(dst, schema.load_metadata(dst).episodes[0].shards[0].file)
+    offsets = schema.scan_offsets(path)
+    with open(path, "r+b") as f:
+        for r in records:
+            f.seek(offsets[r] + schema.HEADER_BYTES + 20)
+            byte = f.read(1)
+            f.seek(offsets[r] + schema.HEADER_BYTES + 20)
+            f.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.slow
+def test_samples_profile_and_bad_records(data_dir, cache_dir, tmp_path):
+    """sample_every: filmstrip PNGs (the first batch's first clip above its reconstruction)
+    at steps 2 and 4, also logged as images; profile_steps: a trace under workdir; the
+    logged bad_records: the pipeline's own count of skipped windows per log interval."""
+    root = str(tmp_path / "bad")
+    corrupt_records(data_dir, root, (3, 13, 23, 33))
+    cfg = tiny_config(root)
+    cfg.data.skip_bad = True
+    cfg.train.log_every = 2
+    cfg.train.checkpoint_every = 100
+    cfg.train.sample_every = 2
+    cfg.train.profile_steps = 1
+    cfg.train.profile_first_step = 1
+    run = tmp_path / "run"
+    train(cfg, run, max_steps=4)
+
+    # What the pipeline yields for these 4 steps (it is deterministic).
+    it = pipeline.make_iterator(cfg, make_tokenizer(cfg.text), levels=None)
+    batches = [next(it) for _ in range(4)]
+    expected = [sum(int(b["bad_records"].sum()) for b in batches[i : i + 2]) for i in (0, 2)]
+    with open(run / trainer_lib.METRICS_FILE) as f:
+        records = [json.loads(line) for line in f]
+    assert [r["step"] for r in records] == [2, 4]
+    assert [r["bad_records"] for r in records] == expected
+    assert sum(expected) > 0
+
+    L, s = cfg.hierarchy.frames_per_call, cfg.data.resolution
+    assert sorted(os.listdir(run / samples_lib.SAMPLES_DIR)) == [
+        "00000002_filmstrip.png",
+        "00000004_filmstrip.png",
+    ]
+    png = np.asarray(Image.open(run / samples_lib.SAMPLES_DIR / "00000004_filmstrip.png"))
+    assert png.shape == (2 * (s + 2) + 2, L * (s + 2) + 2, 3)
+    held = video_io.to_uint8(batches[0]["video"][0])
+    for i in range(L):
+        np.testing.assert_array_equal(
+            png[2 : 2 + s, 2 + i * (s + 2) : 2 + i * (s + 2) + s], held[i]
+        )
+    recon = png[s + 4 : 2 * s + 4, 2 : 2 + s].astype(int)
+    assert np.abs(recon - held[0].astype(int)).mean() > 1  # a (poor) reconstruction, not a copy
+
+    from tensorboard.backend.event_processing import event_accumulator
+
+    events = event_accumulator.EventAccumulator(str(run), size_guidance={"tensors": 0})
+    events.Reload()
+    assert "samples/filmstrip" in events.Tags()["tensors"]
+    assert [e.step for e in events.Tensors("samples/filmstrip")] == [2, 4]
+    assert glob.glob(str(run / "plugins" / "profile" / "*" / "*.xplane.pb"))
+
+
+class _Images:
+    """A metric writer that keeps the images it is given."""
+
+    def __init__(self):
+        self.images = {}
+
+    def write_images(self, step, images):
+        self.images[step] = images
+
+
+@pytest.mark.slow
+def test_mtd_sampler_compiles_once_and_samples_the_held_clip(data_dir, cache_dir, tmp_path):
+    """A shared local MTD (level embedding): the sampler (guided DDIM through the
+    generator's sample_level, VAE decode) is traced once for all calls, is deterministic
+    for fixed weights, follows the weights, and writes what it logs."""
+    cfg = tiny_config(data_dir, "mtd")
+    cfg.mtd.block_out_channels = (16, 32)
+    cfg.hierarchy.share_local_models = True
+    cfg.train.level = 1
+    cfg.train.sample_steps = 2
+    mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
+    tokenizer = make_tokenizer(cfg.text)
+    step, state = trainer_lib.make_train_step(cfg, mesh, rules, tokenizer)
+    assert step.level_id == 0
+    batch = trainer_lib.synthetic_batch(cfg, mesh, rules, tokenizer)
+    L = cfg.hierarchy.frames_per_call
+    with jax.set_mesh(mesh):
+        sampler = samples_lib.Sampler(cfg, step, batch, tokenizer, mesh)
+        first = sampler.images(state.ema)
+        again = sampler.images(state.ema)
+        other = sampler.images(jax.tree.map(lambda x: x * 1.1, state.ema))
+        writer = _Images()
+        paths = sampler.write(7, state.ema, writer, str(tmp_path))
+    assert sampler.traces == 1
+    film, columns = first["filmstrip"]
+    assert film.shape == (2 * L, 16, 16, 3) and columns == L
+    np.testing.assert_array_equal(film[:L], np.asarray(batch["video"])[0])
+    assert np.abs(film[L:]).max() <= 1.0
+    np.testing.assert_array_equal(first["keyframes"][0], film[L:])
+    np.testing.assert_array_equal(again["filmstrip"][0], film)  # fixed noise key
+    assert not np.allclose(other["filmstrip"][0][L:], film[L:])
+    assert sorted(writer.images[7]) == ["samples/filmstrip", "samples/keyframes"]
+    for name in ("filmstrip", "keyframes"):
+        png = np.asarray(Image.open(paths[name]))
+        np.testing.assert_array_equal(png, writer.images[7][f"samples/{name}"][0])
+    assert np.asarray(Image.open(paths["keyframes"])).shape == (2 * 18 + 2, 2 * 18 + 2, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["vae", "mtd"])
+def test_bf16_compute_trains(data_dir, cache_dir, model):
+    """compute.dtype='bfloat16': the step's convolutions run in bf16, the params and EMA
+    stay float32, and two steps give finite losses that change the weights."""
+    cfg = tiny_config(data_dir, model)
+    cfg.compute.dtype = "bfloat16"
+    cfg.mtd.block_out_channels = (16, 32)
+    mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
+    tokenizer = make_tokenizer(cfg.text)
+    step, state = trainer_lib.make_train_step(cfg, mesh, rules, tokenizer)
+    batch = trainer_lib.synthetic_batch(cfg, mesh, rules, tokenizer)
+    before = [np.asarray(x) for x in jax.tree.leaves(state.params)]
+    with jax.set_mesh(mesh):
+        hlo = step.fn.lower(state, step.frozen_state, batch).as_text()
+        losses = []
+        for _ in range(2):
+            state, metrics = step(state, batch)
+            losses.append(float(metrics["loss"]))
+    assert re.search(r"stablehlo\.convolution.*xbf16>", hlo)
+    assert all(np.isfinite(losses)), losses
+    leaves = jax.tree.leaves((state.params, state.ema))
+    assert all(x.dtype == jnp.float32 for x in leaves)
+    after = [np.asarray(x) for x in jax.tree.leaves(state.params)]
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after))
+
+
+@pytest.mark.slow
+def test_train_step_benchmark_writes_its_json(cache_dir, tmp_path):
+    """benchmarks/train_step.py on a 16 px VAE: step time, examples/s and the step's FLOPs
+    (fwd + bwd + update of the global batch); CPU has no peak, so MFU is null."""
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache_dir)
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/train_step.py",
+            "--models=vae",
+            "--steps=2",
+            "--warmup=0",
+            f"--out={out}",
+            "--config.data.resolution=16",
+            "--config.vae.block_out_channels=(8,8,8)",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["device"]["platform"] == "cpu" and result["device"]["count"] == 8
+    assert result["peak_bf16_tflops_per_device"] is None
+    assert result["overrides"] == [
+        "--config.data.resolution=16",
+        "--config.vae.block_out_channels=(8,8,8)",
+    ]
+    (row,) = result["rows"]
+    assert row["model"] == "vae" and row["resolution"] == 16 and row["mfu"] is None
+    assert len(row["step_seconds_all"]) == 2 and row["step_seconds"] > 0
+    assert row["examples_per_s"] == pytest.approx(8 / row["step_seconds"])
+    assert row["flops_per_step"] > 0 and np.isfinite(row["loss"])
+    tflops = row["flops_per_step"] / row["step_seconds"] / 8 / 1e12
+    assert row["tflops_per_s_per_device"] == pytest.approx(tflops)

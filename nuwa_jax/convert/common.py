@@ -202,6 +202,19 @@ def _listing(title: str, items: list[str], limit: int = 50) -> str:
     return f"\n  {title} ({len(items)}):{shown}{more}"
 
 
+def fit_error(
+    source: str, target: str, missing: list[str], unexpected: list[str], misshaped: list[str]
+) -> WeightImportError:
+    """The one error that lists every missing, unexpected and mis-shaped key of `source`."""
+    return WeightImportError(
+        f"{source}: does not fit {target}: {len(missing)} missing, "
+        f"{len(unexpected)} unexpected, {len(misshaped)} mis-shaped"
+        + (_listing("missing", missing) if missing else "")
+        + (_listing("unexpected (in the file, not used)", unexpected) if unexpected else "")
+        + (_listing("mis-shaped", misshaped) if misshaped else "")
+    )
+
+
 def assign_weights(
     module: nnx.Module,
     tensors: Mapping[str, np.ndarray],
@@ -231,15 +244,15 @@ def assign_weights(
             continue
         key, transform = mapping[path]
         if key not in tensors:
-            missing.append(f"{key} (for {path}, shape {tuple(var[...].shape)})")
+            missing.append(f"{key} (for {path}, shape {tuple(var.get_value().shape)})")
             continue
         used.add(key)
         raw = np.asarray(tensors[key])
         value = transform(raw)
-        if tuple(value.shape) != tuple(var[...].shape):
+        if tuple(value.shape) != tuple(var.get_value().shape):
             misshaped.append(
                 f"{key}: file {tuple(raw.shape)} (as ours {tuple(value.shape)}), "
-                f"model {path} {tuple(var[...].shape)}"
+                f"model {path} {tuple(var.get_value().shape)}"
             )
             continue
         updates[path] = value
@@ -247,21 +260,19 @@ def assign_weights(
     missing += [f"{mapping[p][0]} (mapped to {p}, which the model does not have)" for p in stale]
     unexpected = sorted(k for k in tensors if k not in used and not _matches(k, ignore))
     if missing or unexpected or misshaped:
-        raise WeightImportError(
-            f"{source}: does not fit {type(module).__name__}: {len(missing)} missing, "
-            f"{len(unexpected)} unexpected, {len(misshaped)} mis-shaped"
-            + (_listing("missing", missing) if missing else "")
-            + (_listing("unexpected (in the file, not used)", unexpected) if unexpected else "")
-            + (_listing("mis-shaped", misshaped) if misshaped else "")
-        )
+        raise fit_error(source, type(module).__name__, missing, unexpected, misshaped)
     for path, value in updates.items():
         var = ours[path]
-        old = var[...]
-        new = jnp.asarray(value, dtype=old.dtype)
+        old = var.get_value()  # an array, or a ShapeDtypeStruct of an abstract model
         sharding = getattr(old, "sharding", None)
         if isinstance(sharding, jax.sharding.NamedSharding):
-            new = jax.device_put(new, sharding)
-        var[...] = new
+            # Cast on the host, then every device takes only its own shard (no full copy on
+            # one device; multi-host safe: each process fills its addressable shards).
+            host = np.asarray(value, dtype=old.dtype)
+            new = jax.make_array_from_callback(host.shape, sharding, lambda idx, h=host: h[idx])
+        else:
+            new = jnp.asarray(value, dtype=old.dtype)
+        var.set_value(new)
     logging.info(
         "%s: imported %d tensors into %s; %d parameters keep their init (%s)",
         source, len(updates), type(module).__name__, len(kept), ", ".join(keep_init) or "none",

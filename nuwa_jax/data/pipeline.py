@@ -30,18 +30,24 @@ Bad records: the store raises `schema.RecordError` naming the file and record in
 With `data.skip_bad` the window is replaced by another, drawn from the example's own
 random stream (so resumption stays exact), and counted in 'bad_records'.
 
-Latents: `transform(example) -> example` runs on every example after decoding and before
-batching, in the loader threads / workers. A trainer that trains on T-KLVAE latents
-either encodes 'video' on device after `global_batches` (no hook needed), or passes a
-transform that reads precomputed latents by ('episode', 'frame_index') and replaces
-'video'; with `decode_images=False` the PNG/JPEG payloads are not decoded (and
-'video' is absent) for such a transform.
+Latents: with `data.latents_dir` set the same pipeline reads a LATENT STORE instead
+(a frame store whose records carry the T-KLVAE's posterior moments, written by
+nuwa_jax.data.latents; see docs/data.md): nothing is decoded, and examples carry
+'latent_mean' and 'latent_logvar' (B, L, h, w, c) float16 instead of 'video'; the
+trainer samples latents from them on device. `check_latent_store` refuses a store
+whose latent shape or VAE architecture does not match the config, naming the store
+and key. Otherwise the trainer encodes 'video' on device after `global_batches`.
+`transform(example) -> example` runs on every example after loading and before
+batching, in the loader threads / workers; with `decode_images=False` the PNG/JPEG
+payloads are not decoded (and 'video' is absent).
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
+import hashlib
+import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -191,6 +197,68 @@ class WindowIndex(Sequence[tuple[int, int, int]]):
 
 
 # ---------------------------------------------------------------------------------------
+# Latent stores.
+# ---------------------------------------------------------------------------------------
+# config.vae fields that do not change what the encoder computes: latents are stored
+# unshifted and unscaled, and where the weights came from is recorded separately.
+VAE_FIELDS_NOT_IN_SIGNATURE = ("scaling_factor", "shift_factor", "pretrained_dir")
+
+
+def vae_signature(vae_config: Any) -> dict[str, Any]:
+    """The architecture fields of config.vae (JSON-normalised): what a latent store records
+    of the VAE that encoded it, and what a training run's config must agree with."""
+    fields = {k: v for k, v in dict(vae_config).items() if k not in VAE_FIELDS_NOT_IN_SIGNATURE}
+    return json.loads(json.dumps(fields, sort_keys=True, default=list))
+
+
+def vae_config_hash(vae_config: Any) -> str:
+    """sha256 (first 16 hex digits) of `vae_signature`."""
+    text = json.dumps(vae_signature(vae_config), sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def latent_shape(config: Any) -> list[int]:
+    """(h, w, c) of one frame's latent under `config` (data.resolution, vae)."""
+    factor = 2 ** (len(config.vae.block_out_channels) - 1)
+    side = int(config.data.resolution)
+    if side % factor:
+        raise ValueError(
+            f"data.resolution={side} is not divisible by the VAE's downsampling factor {factor}"
+        )
+    return [side // factor, side // factor, int(config.vae.latent_channels)]
+
+
+def check_latent_store(metadata: schema.DatasetMetadata, config: Any, root: str) -> None:
+    """Raises schema.DataError (naming the store and key) if the latent store at `root`
+    cannot feed `config`: not a latent store, another latent shape, another VAE."""
+    path = os.path.join(root, schema.METADATA_FILE)
+    latent = metadata.latent
+    if latent is None:
+        raise schema.DataError(
+            f"{path}: data.latents_dir={root!r} is an image frame store, not a latent store "
+            "(no 'latent' in its metadata); write one with python -m nuwa_jax.data.latents"
+        )
+    want = latent_shape(config)
+    if list(latent.shape) != want:
+        raise schema.DataError(
+            f"{path}: latent.shape {list(latent.shape)} does not match the config's {want} "
+            f"(data.resolution={config.data.resolution}, vae.block_out_channels="
+            f"{tuple(config.vae.block_out_channels)}, vae.latent_channels="
+            f"{config.vae.latent_channels}); encode the store with this config"
+        )
+    stored = latent.vae.get("config")
+    if stored is not None:
+        mine = vae_signature(config.vae)
+        diff = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
+        if diff:
+            detail = ", ".join(f"{k}: store {stored.get(k)!r} vs {mine.get(k)!r}" for k in diff)
+            raise schema.DataError(
+                f"{path}: latent.vae.config differs from config.vae ({detail}); the store "
+                "was encoded by another VAE architecture"
+            )
+
+
+# ---------------------------------------------------------------------------------------
 # Loading one window.
 # ---------------------------------------------------------------------------------------
 def fit_frame(image: np.ndarray, resolution: int) -> np.ndarray:
@@ -249,7 +317,10 @@ class LoadWindow(grain.transforms.RandomMap):
             cond_mask=self.plan.condition_mask(level),
             episode=np.int32(episode.episode),
         )
-        if self.decode_images:
+        if self.store.metadata.latent is not None:
+            example["latent_mean"] = got.latent_mean
+            example["latent_logvar"] = got.latent_logvar
+        elif self.decode_images:
             images = np.stack([fit_frame(im, self.resolution) for im in got.images])
             example["video"] = normalise(images)
         return example
@@ -323,7 +394,8 @@ def make_dataset(
         strides whatever its number of frames.
       levels: levels whose windows are mixed into the stream; default
         `data.levels`, and all levels of the plan when that is empty.
-      data_dir: default `data.data_dir`.
+      data_dir: default `data.latents_dir` when set (a latent store: examples carry
+        'latent_mean' / 'latent_logvar' instead of 'video'), else `data.data_dir`.
       process_index, process_count: default jax.process_index() / process_count().
       transform: per-example hook (latents; see the module docstring).
       decode_images: False leaves out 'video' (a transform supplies what the model eats).
@@ -334,7 +406,10 @@ def make_dataset(
         levels = tuple(data.levels) or tuple(plan.levels)
     for level in levels:
         plan.stride(level)  # validates, naming the level
-    root = os.fspath(data.data_dir if data_dir is None else data_dir)
+    latents = bool(data.latents_dir)
+    if data_dir is None:
+        data_dir = data.latents_dir if latents else data.data_dir
+    root = os.fspath(data_dir)
     if not root:
         raise ValueError("data.data_dir is empty: give the frame store directory")
     pid, count = _process(process_index, process_count)
@@ -344,6 +419,13 @@ def make_dataset(
         )
     local_batch = data.batch_size // count
     store = schema.FrameStore(root, skip_bad=False)  # bad records are handled here
+    if latents:
+        check_latent_store(store.metadata, config, root)
+    elif store.metadata.latent is not None:
+        raise schema.DataError(
+            f"{os.path.join(root, schema.METADATA_FILE)}: {root!r} is a latent store; "
+            "give it as data.latents_dir"
+        )
     runs = host_runs(store.metadata, pid, count)
     for f in {f for run in runs for f in run.files}:
         if not os.path.exists(os.path.join(root, f)):

@@ -16,6 +16,10 @@ metadata.json stores, per shard, the frame range it covers and the byte offset o
 (episode, frame) -> (shard file, chunk offset) -> skip at most index_every-1 record
 headers -> read and parse just that record. Nothing else is decoded.
 
+A LATENT STORE (metadata `latent` set, written by nuwa_jax.data.latents) has the same
+layout; its records carry LATENT_FEATURES (the frame's T-KLVAE posterior mean and
+log-variance as float16 bytes, their shape, caption and frame index) instead of an image.
+
 No TensorFlow here: the TFRecord framing (u64 length, masked CRC32C of the length,
 data, masked CRC32C of the data) and the small subset of the protobuf wire format that
 tf.train.Example uses are read and written by this module (tests pin the framing to
@@ -63,6 +67,23 @@ FEATURES: dict[str, str] = {
     CAPTION: "bytes",
     HEIGHT: "int64",
     WIDTH: "int64",
+}
+
+# A latent store (metadata `latent` set) holds, instead of the image, the T-KLVAE's
+# posterior moments of the frame: raw little-endian float16 bytes of the (h, w, c) mean
+# and log-variance, and that shape (three int64). Episode, frame index and caption as above.
+LATENT_MEAN = "latent_mean"
+LATENT_LOGVAR = "latent_logvar"
+LATENT_SHAPE = "latent_shape"
+LATENT_DTYPE = "float16"
+LATENT_IMAGE_FORMAT = "none"  # metadata image_format of a latent store (no images)
+LATENT_FEATURES: dict[str, str] = {
+    EPISODE_ID: "bytes",
+    FRAME_INDEX: "int64",
+    CAPTION: "bytes",
+    LATENT_MEAN: "bytes",
+    LATENT_LOGVAR: "bytes",
+    LATENT_SHAPE: "int64",
 }
 
 
@@ -312,10 +333,11 @@ def encode_example(
 ) -> bytes:
     """Serializes a tf.train.Example, keys in sorted order (so bytes are reproducible).
 
-    `kinds` maps a key to 'bytes', 'int64' or 'float'; default: FEATURES, else guessed
+    `kinds` maps a key to 'bytes', 'int64' or 'float'; default: FEATURES and
+    LATENT_FEATURES, else guessed
     from the first value.
     """
-    kinds = dict(FEATURES if kinds is None else kinds)
+    kinds = dict({**FEATURES, **LATENT_FEATURES} if kinds is None else kinds)
     entries = []
     for key in sorted(features):
         values = list(features[key])
@@ -453,12 +475,15 @@ def decode_example(data: bytes) -> dict[str, FeatureValue]:
 # ---------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Frame:
-    """One decoded frame record. image: (H, W, 3) uint8."""
+    """One decoded frame record. image: (H, W, 3) uint8 (None in a latent store, whose
+    records carry latent_mean and latent_logvar: (h, w, c) float16)."""
 
     episode_id: str
     frame_index: int
-    image: np.ndarray
+    image: np.ndarray | None
     caption: str
+    latent_mean: np.ndarray | None = None
+    latent_logvar: np.ndarray | None = None
 
 
 def encode_image(image: np.ndarray, image_format: str = "png", jpeg_quality: int = 95) -> bytes:
@@ -549,6 +574,78 @@ def parse_frame(
     return Frame(episode_id, int(values[FRAME_INDEX]), image, caption)
 
 
+def latent_bytes(x: np.ndarray) -> bytes:
+    """Raw little-endian float16 bytes of a latent moment (C order)."""
+    return np.ascontiguousarray(x, dtype="<f2").tobytes()
+
+
+def encode_latent_frame(
+    episode_id: str,
+    frame_index: int,
+    mean: np.ndarray,
+    logvar: np.ndarray,
+    caption: str,
+) -> bytes:
+    """A serialized tf.train.Example for one latent-store frame (record payload, unframed).
+
+    mean, logvar: (h, w, c) posterior moments, stored as float16.
+    """
+    mean, logvar = np.asarray(mean), np.asarray(logvar)
+    if mean.ndim != 3 or mean.shape != logvar.shape:
+        raise DataError(
+            f"latent mean {mean.shape} and logvar {logvar.shape} must both be (h, w, c)"
+        )
+    return encode_example(
+        {
+            EPISODE_ID: [episode_id.encode("utf-8")],
+            FRAME_INDEX: [int(frame_index)],
+            CAPTION: [caption.encode("utf-8")],
+            LATENT_MEAN: [latent_bytes(mean)],
+            LATENT_LOGVAR: [latent_bytes(logvar)],
+            LATENT_SHAPE: [int(d) for d in mean.shape],
+        },
+        LATENT_FEATURES,
+    )
+
+
+def parse_latent_frame(
+    data: bytes, expect_shape: Sequence[int] | None = None, decode: bool = True
+) -> Frame:
+    """Parses and checks one latent-store record. Raises ValueError saying what is wrong.
+
+    With decode=False the moments stay raw bytes, unchecked.
+    """
+    features = decode_example(data)
+    values = {
+        k: _single(features, k, kind) for k, kind in LATENT_FEATURES.items() if k != LATENT_SHAPE
+    }
+    shape = features.get(LATENT_SHAPE)
+    if shape is None:
+        raise ValueError(f"missing feature {LATENT_SHAPE!r}")
+    if len(shape) != 3 or any(not isinstance(d, int) or d < 1 for d in shape):
+        raise ValueError(f"feature {LATENT_SHAPE!r} is {shape}, expected three positive ints")
+    shape = tuple(int(d) for d in shape)
+    if expect_shape is not None and shape != tuple(expect_shape):
+        raise ValueError(f"latent shape {shape}, latent store's is {tuple(expect_shape)}")
+    try:
+        caption = values[CAPTION].decode("utf-8")
+        episode_id = values[EPISODE_ID].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"caption or episode id is not UTF-8: {e}") from e
+    mean: Any = values[LATENT_MEAN]
+    logvar: Any = values[LATENT_LOGVAR]
+    if decode:
+        size = 2 * int(np.prod(shape))
+        for key, raw in ((LATENT_MEAN, mean), (LATENT_LOGVAR, logvar)):
+            if len(raw) != size:
+                raise ValueError(
+                    f"feature {key!r} has {len(raw)} bytes, {shape} float16 needs {size}"
+                )
+        mean = np.frombuffer(mean, "<f2").reshape(shape)
+        logvar = np.frombuffer(logvar, "<f2").reshape(shape)
+    return Frame(episode_id, int(values[FRAME_INDEX]), None, caption, mean, logvar)
+
+
 # ---------------------------------------------------------------------------------------
 # Metadata.
 # ---------------------------------------------------------------------------------------
@@ -576,8 +673,38 @@ class EpisodeInfo:
 
 
 @dataclasses.dataclass
+class LatentInfo:
+    """What a latent store holds (metadata `latent`; absent in an image frame store).
+
+    shape: (h, w, c) of one frame's posterior moments; dtype: their storage type (only
+    float16); clip_frames: consecutive frames per encoder call (the T-KLVAE's temporal
+    layers make a frame's latent depend on its clip); vae: which VAE produced them
+    (`weights` 'checkpoint' with `workdir` and `step`, or 'random' / 'pretrained';
+    `config`, the architecture fields of config.vae, and their `config_hash`).
+    """
+
+    shape: list[int]
+    clip_frames: int
+    vae: dict[str, Any] = dataclasses.field(default_factory=dict)
+    dtype: str = LATENT_DTYPE
+
+    def validate(self, path: str = METADATA_FILE) -> None:
+        shape = list(self.shape)
+        if len(shape) != 3 or any(not isinstance(d, int) or d < 1 for d in shape):
+            raise DataError(f"{path}: latent.shape {shape} must be three positive ints (h, w, c)")
+        if self.dtype != LATENT_DTYPE:
+            raise DataError(f"{path}: latent.dtype {self.dtype!r} is not {LATENT_DTYPE!r}")
+        if self.clip_frames < 1:
+            raise DataError(f"{path}: latent.clip_frames must be >= 1, got {self.clip_frames}")
+
+
+@dataclasses.dataclass
 class DatasetMetadata:
-    """Contents of metadata.json (see docs/data.md)."""
+    """Contents of metadata.json (see docs/data.md).
+
+    `latent` set: a latent store (records carry posterior moments, image_format 'none';
+    height and width are those of the frames that were encoded).
+    """
 
     fps: float
     height: int
@@ -589,9 +716,13 @@ class DatasetMetadata:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
     format: str = FORMAT_NAME
     version: int = FORMAT_VERSION
+    latent: LatentInfo | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        obj = dataclasses.asdict(self)
+        if self.latent is None:
+            del obj["latent"]  # image stores: metadata.json exactly as before latents
+        return obj
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any], path: str = METADATA_FILE) -> DatasetMetadata:
@@ -618,6 +749,7 @@ class DatasetMetadata:
                 frames_per_shard=int(obj["frames_per_shard"]),
                 episodes=episodes,
                 extra=dict(obj.get("extra", {})),
+                latent=LatentInfo(**obj["latent"]) if obj.get("latent") is not None else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"{path}: bad metadata: {type(e).__name__}: {e}") from e
@@ -626,7 +758,14 @@ class DatasetMetadata:
 
     def validate(self, path: str = METADATA_FILE) -> None:
         """Checks shard ranges tile each episode and offset counts fit."""
-        if self.image_format not in IMAGE_FORMATS:
+        if self.latent is not None:
+            self.latent.validate(path)
+            if self.image_format != LATENT_IMAGE_FORMAT:
+                raise DataError(
+                    f"{path}: a latent store's image_format must be {LATENT_IMAGE_FORMAT!r}, "
+                    f"got {self.image_format!r}"
+                )
+        elif self.image_format not in IMAGE_FORMATS:
             raise DataError(f"{path}: image_format {self.image_format!r} not in {IMAGE_FORMATS}")
         if self.index_every < 1:
             raise DataError(f"{path}: index_every must be >= 1, got {self.index_every}")
@@ -653,6 +792,13 @@ class DatasetMetadata:
                     f"{path}: episode {ep.id!r}: shards cover {start} frames, "
                     f"num_frames is {ep.num_frames}"
                 )
+
+
+def parse_record(data: bytes, metadata: DatasetMetadata, decode: bool = True) -> Frame:
+    """One record of the data set described by `metadata`: an image or a latent frame."""
+    if metadata.latent is not None:
+        return parse_latent_frame(data, metadata.latent.shape, decode)
+    return parse_frame(data, (metadata.height, metadata.width), decode)
 
 
 def load_metadata(root: str | os.PathLike) -> DatasetMetadata:
@@ -725,12 +871,16 @@ def shard_file_name(episode_id: str, shard_index: int) -> str:
 class FrameBatch:
     """Frames read by FrameStore. indices: the frame indices actually returned (with
     skip_bad, bad ones are left out); images: (n, H, W, 3) uint8 (or a list of encoded
-    bytes with decode=False); captions: n strings."""
+    bytes with decode=False); captions: n strings. A latent store: images None,
+    latent_mean and latent_logvar (n, h, w, c) float16 (lists of raw bytes with
+    decode=False)."""
 
     episode_id: str
     indices: np.ndarray
     images: Any
     captions: list[str]
+    latent_mean: Any = None
+    latent_logvar: Any = None
 
 
 class FrameStore:
@@ -871,7 +1021,7 @@ class FrameStore:
         offset = self._record_offset(shard, path, fd, record)
         data, _ = read_record_at(fd, offset, path, record, self.verify_crc)
         try:
-            frame = parse_frame(data, (self.metadata.height, self.metadata.width), decode)
+            frame = parse_record(data, self.metadata, decode)
         except ValueError as e:
             raise RecordError(path, record, str(e)) from e
         if frame.episode_id != episode_id or frame.frame_index != frame_index:
@@ -887,7 +1037,7 @@ class FrameStore:
         self, episode_id: str, indices: Sequence[int] | np.ndarray, decode: bool = True
     ) -> FrameBatch:
         """The frames `indices` of an episode, in the order given."""
-        kept, images, captions = [], [], []
+        kept, images, captions, means, logvars = [], [], [], [], []
         for i in np.asarray(indices, np.int64).reshape(-1):
             try:
                 frame = self.read_record(episode_id, int(i), decode)
@@ -900,10 +1050,20 @@ class FrameStore:
             kept.append(int(i))
             images.append(frame.image)
             captions.append(frame.caption)
+            means.append(frame.latent_mean)
+            logvars.append(frame.latent_logvar)
+        indices = np.asarray(kept, np.int64)
+        latent = self.metadata.latent
+        if latent is not None:
+            if decode:
+                empty = np.zeros((0, *latent.shape), np.float16)
+                means = np.stack(means) if means else empty
+                logvars = np.stack(logvars) if logvars else empty
+            return FrameBatch(episode_id, indices, None, captions, means, logvars)
         if decode:
             h, w = self.metadata.height, self.metadata.width
             images = np.stack(images) if images else np.zeros((0, h, w, 3), np.uint8)
-        return FrameBatch(episode_id, np.asarray(kept, np.int64), images, captions)
+        return FrameBatch(episode_id, indices, images, captions)
 
     def read_window(
         self, episode_id: str, start: int, length: int, stride: int = 1, decode: bool = True

@@ -42,6 +42,11 @@ class DatasetWriter:
     Every shard holds consecutive frames of one episode (`frames_per_shard` of them, the
     last fewer); metadata.json records the byte offset of every `index_every`-th record.
     One writer per directory at a time.
+
+    With `latent` (a schema.LatentInfo) it writes a latent store instead: frames are
+    ((mean, logvar), caption), the (h, w, c) posterior moments stored as float16;
+    `height` / `width` are those of the encoded frames. The latent info is part of the
+    layout, so a rerun with another VAE or shape in the same directory is refused.
     """
 
     def __init__(
@@ -56,8 +61,14 @@ class DatasetWriter:
         frames_per_shard: int = 1024,
         index_every: int = 16,
         extra: dict[str, Any] | None = None,
+        latent: schema.LatentInfo | None = None,
     ):
-        if image_format not in schema.IMAGE_FORMATS:
+        if latent is not None:
+            # JSON-normalised, so the layout compares equal to a marker read back.
+            latent = schema.LatentInfo(**json.loads(json.dumps(dataclasses.asdict(latent))))
+            latent.validate(os.path.join(os.fspath(out_dir), schema.METADATA_FILE))
+            image_format = schema.LATENT_IMAGE_FORMAT
+        elif image_format not in schema.IMAGE_FORMATS:
             raise schema.DataError(
                 f"image_format must be one of {schema.IMAGE_FORMATS}, got {image_format!r}"
             )
@@ -74,6 +85,7 @@ class DatasetWriter:
         self.frames_per_shard = int(frames_per_shard)
         self.index_every = int(index_every)
         self.extra = dict(extra or {})
+        self.latent = latent
         self.stats = WriterStats()
         self._episodes: list[schema.EpisodeInfo] = []
         os.makedirs(os.path.join(self.out_dir, EPISODE_MARKERS), exist_ok=True)
@@ -83,7 +95,7 @@ class DatasetWriter:
     @property
     def layout(self) -> dict[str, Any]:
         """What must agree between a run and the run it resumes."""
-        return dict(
+        layout = dict(
             height=self.height,
             width=self.width,
             fps=self.fps,
@@ -92,6 +104,9 @@ class DatasetWriter:
             frames_per_shard=self.frames_per_shard,
             index_every=self.index_every,
         )
+        if self.latent is not None:
+            layout["latent"] = dataclasses.asdict(self.latent)
+        return layout
 
     def _remove_temp_files(self) -> list[str]:
         removed = []
@@ -150,18 +165,56 @@ class DatasetWriter:
         self._episodes.append(info)
 
     # -- writing --------------------------------------------------------------------------
-    def _check_frame(self, episode_id: str, index: int, image: Any, caption: Any) -> np.ndarray:
+    def _check_frame(self, episode_id: str, index: int, image: Any, caption: Any) -> Any:
+        if not isinstance(caption, str):
+            raise schema.DataError(
+                f"episode {episode_id!r} frame {index}: caption is {type(caption).__name__}"
+            )
+        if self.latent is not None:
+            return self._check_latent(episode_id, index, image)
         image = np.asarray(image)
         if image.shape != (self.height, self.width, 3) or image.dtype != np.uint8:
             raise schema.DataError(
                 f"episode {episode_id!r} frame {index}: image is {image.shape} {image.dtype}, "
                 f"expected ({self.height}, {self.width}, 3) uint8"
             )
-        if not isinstance(caption, str):
-            raise schema.DataError(
-                f"episode {episode_id!r} frame {index}: caption is {type(caption).__name__}"
-            )
         return image
+
+    def _check_latent(self, episode_id: str, index: int, moments: Any) -> tuple[Any, Any]:
+        """(mean, logvar) as float16 arrays of the store's shape, finite."""
+        try:
+            mean, logvar = moments
+        except (TypeError, ValueError):
+            raise schema.DataError(
+                f"episode {episode_id!r} frame {index}: a latent store takes (mean, logvar) "
+                f"pairs, got {type(moments).__name__}"
+            ) from None
+        shape = tuple(self.latent.shape)
+        out = []
+        for name, x in (("mean", mean), ("logvar", logvar)):
+            x = np.asarray(x)
+            if x.shape != shape:
+                raise schema.DataError(
+                    f"episode {episode_id!r} frame {index}: latent {name} is {x.shape}, "
+                    f"the latent store's shape is {shape}"
+                )
+            with np.errstate(over="ignore", invalid="ignore"):
+                x16 = x.astype(np.float16)
+            if not np.isfinite(x16).all():
+                raise schema.DataError(
+                    f"episode {episode_id!r} frame {index}: latent {name} is not finite "
+                    "in float16 (NaN, Inf, or beyond +-65504)"
+                )
+            out.append(x16)
+        return out[0], out[1]
+
+    def _encode(self, episode_id: str, index: int, payload: Any, caption: str) -> bytes:
+        """The record payload of one checked frame."""
+        if self.latent is not None:
+            return schema.encode_latent_frame(episode_id, index, *payload, caption)
+        return schema.encode_frame(
+            episode_id, index, payload, caption, self.image_format, self.jpeg_quality
+        )
 
     def _existing_shard(
         self, path: str, episode_id: str, first_frame: int
@@ -172,7 +225,7 @@ class DatasetWriter:
         try:
             offsets = schema.scan_offsets(path)
             first = next(schema.iter_records(path))
-            frame = schema.parse_frame(first, (self.height, self.width), decode=False)
+            frame = schema.parse_record(first, self._metadata([]), decode=False)
         except (schema.DataError, ValueError, StopIteration):
             os.remove(path)  # damaged: write it again
             return None
@@ -184,23 +237,16 @@ class DatasetWriter:
         return offsets, os.path.getsize(path)
 
     def _write_shard(
-        self, path: str, episode_id: str, first_frame: int, frames: list[tuple[np.ndarray, str]]
+        self, path: str, episode_id: str, first_frame: int, frames: list[tuple[Any, str]]
     ) -> tuple[list[int], int]:
         tmp = schema.temp_name(path)
         offsets = []
         try:
             with open(tmp, "wb") as f:
                 pos = 0
-                for j, (image, caption) in enumerate(frames):
+                for j, (payload, caption) in enumerate(frames):
                     record = schema.frame_record(
-                        schema.encode_frame(
-                            episode_id,
-                            first_frame + j,
-                            image,
-                            caption,
-                            self.image_format,
-                            self.jpeg_quality,
-                        )
+                        self._encode(episode_id, first_frame + j, payload, caption)
                     )
                     if j % self.index_every == 0:
                         offsets.append(pos)
@@ -221,10 +267,11 @@ class DatasetWriter:
     def write_episode(
         self,
         episode_id: str,
-        frames: Iterable[tuple[np.ndarray, str]],
+        frames: Iterable[tuple[Any, str]],
         extra: dict[str, Any] | None = None,
     ) -> schema.EpisodeInfo:
-        """Writes one episode from an iterable of ((H, W, 3) uint8 image, caption).
+        """Writes one episode from an iterable of ((H, W, 3) uint8 image, caption), or of
+        ((mean, logvar), caption) for a latent store.
 
         Finished shards of an earlier, interrupted run of the same episode are checked
         and kept (their frames are consumed from `frames` but not encoded again). On an
@@ -233,11 +280,11 @@ class DatasetWriter:
         if any(e.id == episode_id for e in self._episodes):
             raise schema.DataError(f"{self.out_dir}: episode {episode_id!r} written twice")
         shards: list[schema.ShardInfo] = []
-        it: Iterator[tuple[np.ndarray, str]] = iter(frames)
+        it: Iterator[tuple[Any, str]] = iter(frames)
         index = 0
         exhausted = False
         while not exhausted:
-            batch: list[tuple[np.ndarray, str]] = []
+            batch: list[tuple[Any, str]] = []
             for _ in range(self.frames_per_shard):
                 try:
                     image, caption = next(it)
@@ -268,17 +315,21 @@ class DatasetWriter:
         self.stats.episodes_written += 1
         return info
 
-    def finalize(self) -> schema.DatasetMetadata:
-        """Writes metadata.json (atomically, last) for the episodes of this run, in order."""
-        meta = schema.DatasetMetadata(
+    def _metadata(self, episodes: list[schema.EpisodeInfo]) -> schema.DatasetMetadata:
+        return schema.DatasetMetadata(
             fps=self.fps,
             height=self.height,
             width=self.width,
             image_format=self.image_format,
             index_every=self.index_every,
             frames_per_shard=self.frames_per_shard,
-            episodes=list(self._episodes),
+            episodes=episodes,
             extra=self.extra,
+            latent=self.latent,
         )
+
+    def finalize(self) -> schema.DatasetMetadata:
+        """Writes metadata.json (atomically, last) for the episodes of this run, in order."""
+        meta = self._metadata(list(self._episodes))
         schema.save_metadata(self.out_dir, meta)
         return meta

@@ -66,6 +66,43 @@ class Segments:
     model_level: int  # which MTD
 
 
+def sample_level(
+    mtd: Any,
+    text: Any,
+    tokens: jax.Array,
+    cond_latents: jax.Array,
+    cond_mask: jax.Array,
+    keys: jax.Array,
+    null_tokens: jax.Array,
+    diffusion_config: Any,
+    level_ids: jax.Array | None = None,
+) -> jax.Array:
+    """Samples a batch of clips of one level's MTD (traceable; callers jit it).
+
+    tokens (S, L, T): one prompt per frame; cond_latents (S, L, h, w, c) and cond_mask
+    (S, L) bool: the given frames (the MTD's x0^c = latents * mask and x0^m = mask);
+    keys (S,): one key per clip; null_tokens (T,): the empty prompt, the unconditional
+    input of classifier-free guidance (diffusion_config.guidance_scale); level_ids (S,)
+    int32: the level embedding of a shared local MTD, or None. Returns latents like
+    cond_latents. Used by the generator and by the trainer's periodic samples.
+    """
+    context = text(tokens)  # (S, L, T, D): one prompt per frame
+    uncond = text(jnp.broadcast_to(null_tokens, tokens.shape[1:])[None])
+
+    def model_fn(x, t, cond, known):  # x may be [cond; uncond] stacked (guidance)
+        mask = known.mask.astype(x.dtype)
+        x0c = known.latents * mask[:, :, None, None, None]
+        reps = x.shape[0] // tokens.shape[0]
+        level = None if level_ids is None else jnp.tile(level_ids, reps)
+        return mtd(x, t, cond, x0c, mask, level)
+
+    known = samplers.KnownFrames(cond_latents, cond_mask)
+    return samplers.sample(
+        model_fn, cond_latents.shape, keys, diffusion_config, cond=context, uncond=uncond,
+        known=known,
+    )  # fmt: skip
+
+
 class LatentStore:
     """Host copy of every latent frame generated so far, by absolute frame index."""
 
@@ -126,7 +163,7 @@ class Generator:
         """The jitted sampler of one level's MTD for batches of `chunk` segments. Levels whose
         MTDs share an architecture share one compiled function: weights and the level id
         are arguments."""
-        mtd, text = self.models.mtds[model_level], self.models.text
+        mtd, text = self.models.mtds[model_level], self.models.text_of(model_level)
         level_id = self.models.level_ids[model_level]
         graphdef, state = nnx.split((mtd, text))
         cache_key = (graphdef, level_id is None, chunk)
@@ -139,24 +176,12 @@ class Generator:
     def _compile_level(self, graphdef: Any, with_level: bool, chunk: int) -> Callable:
         dcfg = self.config.diffusion
         null = jnp.asarray(self.null_tokens)
-        shape = (chunk, self.L) + self.latent_shape
 
         def run(state, tokens, cond_latents, cond_mask, keys, level_ids):
             mtd, text = nnx.merge(graphdef, state)
-            context = text(tokens)  # (S, L, T, D): one prompt per frame
-            uncond = text(jnp.broadcast_to(null, tokens.shape[1:])[None])
-
-            def model_fn(x, t, cond, known):  # x may be [cond; uncond] stacked (guidance)
-                mask = known.mask.astype(x.dtype)
-                x0c = known.latents * mask[:, :, None, None, None]
-                reps = x.shape[0] // level_ids.shape[0]
-                level = jnp.tile(level_ids, reps) if with_level else None
-                return mtd(x, t, cond, x0c, mask, level)
-
-            known = samplers.KnownFrames(cond_latents, cond_mask)
-            return samplers.sample(
-                model_fn, shape, keys, dcfg, cond=context, uncond=uncond, known=known
-            )
+            level_ids = level_ids if with_level else None
+            return sample_level(mtd, text, tokens, cond_latents, cond_mask, keys, null, dcfg,
+                                level_ids)  # fmt: skip
 
         seg = lambda ndim: self._sharding(ndim, chunk)  # noqa: E731
         return jax.jit(

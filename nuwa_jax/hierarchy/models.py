@@ -4,6 +4,11 @@ The paper uses a separate MTD per level (global, local 1, local 2, ...). With
 `hierarchy.share_local_models` one local MTD serves every local level and is told its
 level through its level embedding. All networks are created sharded over the mesh
 (`parallel.create_sharded_model`): no host holds a full copy.
+
+Text encoders: one, shared by every level (a frozen CLIP, random weights), or one per MTD
+(`per_level_text`): the trainer trains a byte encoder jointly with each level's MTD
+(`text.trainable`), so every MTD comes with the encoder it learned to read, and a hierarchy
+built from trained weights keeps them paired (nuwa_jax/hierarchy/bundle.py).
 """
 
 from __future__ import annotations
@@ -46,58 +51,114 @@ def check_hierarchy(config: Any) -> None:
 
 @dataclasses.dataclass
 class HierarchyModels:
-    """text encoder, VAE and the MTD of every level (`mtds[level]`, shared objects allowed)."""
+    """text encoder, VAE and the MTD of every level (`mtds[level]`, shared objects allowed).
+
+    `level_texts` (optional): the text encoder of each level's MTD (`text_of(level)`); empty
+    means `text` serves every level. When set, `text` is level 0's.
+    """
 
     text: TextEncoder
     vae: KLVAE
     mtds: tuple[MTD, ...]
     level_ids: tuple[int | None, ...]  # level-embedding id per level (None: no embedding)
+    level_texts: tuple[TextEncoder, ...] = ()
 
     @classmethod
     def create(
-        cls, config: Any, mesh: Mesh, rules: parallel.Rules, seed: int | None = None
+        cls,
+        config: Any,
+        mesh: Mesh,
+        rules: parallel.Rules,
+        seed: int | None = None,
+        per_level_text: bool = False,
+        abstract: bool = False,
     ) -> HierarchyModels:
         """Randomly initialised (or identity-initialised temporal) networks, sharded.
 
-        Pretrained parts are imported afterwards (nuwa_jax.convert), trained ones restored
-        from a checkpoint (nuwa_jax.train); both write into these sharded variables.
+        Pretrained parts are imported afterwards (nuwa_jax.convert), trained ones loaded
+        from a bundle (nuwa_jax.hierarchy.bundle); both write into these sharded variables.
+        `per_level_text`: one text encoder per MTD (shared like the MTDs), each from the
+        text seed, as every MTD training run starts its encoder. `abstract`: nothing is
+        initialised or allocated; every variable holds a ShapeDtypeStruct carrying its
+        target sharding, for a loader to fill (every one of them) with real arrays.
         """
         check_hierarchy(config)
         seed = config.seed if seed is None else seed
-        make = lambda ctor, s: parallel.create_sharded_model(  # noqa: E731
-            lambda: ctor(nnx.Rngs(s)), mesh, rules
-        )
-        text = make(lambda r: TextEncoder(config.text, config.compute, rngs=r), seed)
+
+        traced: dict[Any, tuple[Any, Any]] = {}  # abstract: one trace per architecture
+
+        def make(ctor, s):
+            if not abstract:
+                return parallel.create_sharded_model(lambda: ctor(nnx.Rngs(s)), mesh, rules)
+            kind = ctor.__code__  # the text, VAE or MTD constructor below
+            if kind not in traced:
+                traced[kind] = parallel.abstract_model(lambda: ctor(nnx.Rngs(s)), mesh, rules)
+            return nnx.merge(*traced[kind], copy=True)  # new, independent variables each time
+
+        new_text = lambda: make(lambda r: TextEncoder(config.text, config.compute, rngs=r), seed)  # noqa: E731
+        text = new_text()
         vae = make(lambda r: vae_class(config)(config.vae, config.compute, rngs=r), seed + 1)
         new_mtd = lambda s: make(lambda r: MTD(config.mtd, config.compute, rngs=r), s)  # noqa: E731
         depth = config.hierarchy.depth
-        if config.hierarchy.share_local_models and depth > 1:
+        shared = config.hierarchy.share_local_models and depth > 1
+        if shared:
             local = new_mtd(seed + 3)
             mtds = (new_mtd(seed + 2),) + (local,) * (depth - 1)
             level_ids = (None,) + tuple(range(depth - 1))
         else:
             mtds = tuple(new_mtd(seed + 2 + level) for level in range(depth))
             level_ids = (None,) * depth
-        return cls(text, vae, mtds, level_ids)
+        level_texts: tuple[TextEncoder, ...] = ()
+        if per_level_text:
+            if shared:
+                local_text = new_text()
+                level_texts = (text,) + (local_text,) * (depth - 1)
+            else:
+                level_texts = (text,) + tuple(new_text() for _ in range(depth - 1))
+        return cls(text, vae, mtds, level_ids, level_texts)
+
+    def text_of(self, level: int) -> TextEncoder:
+        """The text encoder that conditions the MTD of `level`."""
+        return self.level_texts[level] if self.level_texts else self.text
 
     def reshard(self, mesh: Mesh, rules: parallel.Rules) -> HierarchyModels:
         """The same networks on another mesh (shared local models stay shared)."""
         moved: dict[int, Any] = {}
         move = lambda m: moved.setdefault(id(m), parallel.reshard_model(m, mesh, rules))  # noqa: E731
         return HierarchyModels(
-            move(self.text), move(self.vae), tuple(move(m) for m in self.mtds), self.level_ids
+            move(self.text),
+            move(self.vae),
+            tuple(move(m) for m in self.mtds),
+            self.level_ids,
+            tuple(move(t) for t in self.level_texts),
         )
+
+    def components(self) -> dict[str, Any]:
+        """{name: network}, each distinct network once, in a fixed order.
+
+        Names: 'text' (one encoder for all levels) or 'text_global', 'text_local1', ...;
+        'vae'; 'mtd_global', 'mtd_local1', ... ('mtd_local' / 'text_local' for one local
+        network shared by every local level of a depth >= 3 hierarchy).
+        """
+        shared = len(self.mtds) > 2 and all(m is self.mtds[1] for m in self.mtds[1:])
+
+        def per_level(prefix: str, nets) -> dict[str, Any]:
+            out = {}
+            for level, m in enumerate(nets):
+                if level == 0:
+                    out[f"{prefix}_global"] = m
+                elif shared:
+                    out[f"{prefix}_local"] = m
+                else:
+                    out[f"{prefix}_local{level}"] = m
+            return out
+
+        out = per_level("text", self.level_texts) if self.level_texts else {"text": self.text}
+        out["vae"] = self.vae
+        out.update(per_level("mtd", self.mtds))
+        return out
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per component (a shared local MTD counted once, as 'mtd_local')."""
         count = lambda m: sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))  # noqa: E731
-        out = {"text": count(self.text), "vae": count(self.vae)}
-        shared = len(self.mtds) > 2 and all(m is self.mtds[1] for m in self.mtds[1:])
-        for level, m in enumerate(self.mtds):
-            if level == 0:
-                out["mtd_global"] = count(m)
-            elif shared:
-                out["mtd_local"] = count(m)
-            else:
-                out[f"mtd_local{level}"] = count(m)
-        return out
+        return {name: count(m) for name, m in self.components().items()}

@@ -47,8 +47,14 @@ class DiagonalGaussian:
     @classmethod
     def from_moments(cls, moments: jax.Array) -> DiagonalGaussian:
         """Splits (..., 2c) moments into mean (first c channels) and clipped logvar."""
-        mean, logvar = jnp.split(moments.astype(jnp.float32), 2, axis=-1)
-        return cls(mean, jnp.clip(logvar, LOGVAR_MIN, LOGVAR_MAX))
+        mean, logvar = jnp.split(moments, 2, axis=-1)
+        return cls.from_mean_logvar(mean, logvar)
+
+    @classmethod
+    def from_mean_logvar(cls, mean: jax.Array, logvar: jax.Array) -> DiagonalGaussian:
+        """From separate moments (e.g. a latent store's float16 ones): float32, logvar clipped."""
+        logvar = jnp.clip(jnp.asarray(logvar, jnp.float32), LOGVAR_MIN, LOGVAR_MAX)
+        return cls(jnp.asarray(mean, jnp.float32), logvar)
 
     @property
     def std(self) -> jax.Array:
@@ -69,6 +75,23 @@ class DiagonalGaussian:
         """KL(q || N(0, 1)) summed over each frame's latent (h, w, c): shape (B, L)."""
         terms = jnp.square(self.mean) + self.var - 1.0 - self.logvar
         return 0.5 * terms.sum(axis=(-3, -2, -1))
+
+
+def diffusion_latents(
+    posterior: DiagonalGaussian,
+    shift_factor: float,
+    scaling_factor: float,
+    rng: jax.Array | None = None,
+) -> jax.Array:
+    """The latents diffusion models see: (z - shift_factor) * scaling_factor, z the mode
+    (rng None) or a sample of the posterior.
+
+    One convention for both training paths: `KLVAE.encode_to_latents` (encode on the fly)
+    and the trainer on a latent store (posterior moments precomputed by
+    nuwa_jax.data.latents, sampled here on device).
+    """
+    z = posterior.mode() if rng is None else posterior.sample(rng)
+    return (z - shift_factor) * scaling_factor
 
 
 # ---------------------------------------------------------------------------------------
@@ -375,9 +398,7 @@ class KLVAE(nnx.Module):
 
     def encode_to_latents(self, video: jax.Array, rng: jax.Array | None = None) -> jax.Array:
         """Diffusion latents: (z - shift_factor) * scaling_factor, z the mode or a sample."""
-        posterior = self.encode(video)
-        z = posterior.mode() if rng is None else posterior.sample(rng)
-        return (z - self.shift_factor) * self.scaling_factor
+        return diffusion_latents(self.encode(video), self.shift_factor, self.scaling_factor, rng)
 
     def decode_latents(self, latents: jax.Array) -> jax.Array:
         """Inverse of `encode_to_latents`: latents / scaling_factor + shift_factor, decoded."""

@@ -1,8 +1,9 @@
 """Start N Python processes that form one JAX world on 127.0.0.1, and always reap them.
 
 Each process gets `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`,
-`JAX_PLATFORMS=cpu` and its own number of simulated CPU devices; the worker calls
-`nuwa_jax.parallel.initialize_distributed()` first thing (gloo collectives on CPU).
+`JAX_PLATFORMS=cpu` and its own number of simulated CPU devices (the environment's other
+XLA flags are kept); the worker calls `nuwa_jax.parallel.initialize_distributed()` first
+thing (gloo collectives on CPU).
 Used by the `multihost` tests; useful by hand to rehearse a pod launch on one machine.
 """
 
@@ -47,7 +48,14 @@ def run_world(
     port = free_port()
     procs: list[subprocess.Popen] = []
     base = dict(os.environ if env is None else env)
-    base.pop("XLA_FLAGS", None)
+    # The caller's XLA flags are kept (e.g. the tests' cheap-compile flags), except its
+    # simulated device count: each process gets `local_devices`.
+    inherited = [
+        f
+        for f in base.pop("XLA_FLAGS", "").split()
+        if not f.startswith("--xla_force_host_platform_device_count")
+    ]
+    xla_flags = " ".join([*inherited, f"--xla_force_host_platform_device_count={local_devices}"])
     try:
         for pid in range(num_processes):
             penv = dict(base)
@@ -56,7 +64,7 @@ def run_world(
                 JAX_NUM_PROCESSES=str(num_processes),
                 JAX_PROCESS_ID=str(pid),
                 JAX_PLATFORMS="cpu",
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={local_devices}",
+                XLA_FLAGS=xla_flags,
                 CUDA_VISIBLE_DEVICES="",
                 TF_CPP_MIN_LOG_LEVEL="3",
             )

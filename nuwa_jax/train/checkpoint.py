@@ -91,3 +91,54 @@ def abstract_like(state: Any, shardings: Any) -> Any:
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
     )
+
+
+def restore_ema(
+    workdir: str | os.PathLike, modules: dict[str, Any], step: int | None = None
+) -> int:
+    """Writes the EMA weights of a training run into `modules`; returns the step used.
+
+    `modules` maps the names the run trained them under (e.g. {'vae': vae} for
+    train.model='vae') to freshly built modules of the same architecture; each variable
+    is restored in the sharding it has now, and only the `ema` subtree of the newest
+    (or `step`) checkpoint is read (an orbax partial restore). Raises FileNotFoundError
+    naming the directory if the run has no checkpoint, ValueError naming the missing
+    or mismatched entries otherwise.
+    """
+    from flax import nnx
+
+    directory = os.path.join(os.path.abspath(os.fspath(workdir)), CHECKPOINT_DIR)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{directory}: no checkpoints (not a training run's workdir?)")
+    if step is None:
+        manager = ocp.CheckpointManager(
+            directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True)
+        )
+        step = manager.latest_step()
+        manager.close()
+        if step is None:
+            raise FileNotFoundError(f"{directory}: no finished checkpoint")
+    target = nnx.Dict(modules)
+    params = nnx.state(target, nnx.Param)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+        nnx.to_pure_dict(params),
+    )
+    item = {"ema": abstract}
+    path = os.path.join(directory, str(step), "state")
+    try:
+        restored = ocp.PyTreeCheckpointer().restore(
+            path,
+            args=ocp.args.PyTreeRestore(
+                item=item,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                partial_restore=True,
+            ),
+        )
+    except (KeyError, ValueError) as e:
+        raise ValueError(
+            f"{path}: cannot restore the EMA of {sorted(modules)} from step {step}: {e}"
+        ) from e
+    nnx.replace_by_pure_dict(params, restored["ema"])
+    nnx.update(target, params)
+    return int(step)

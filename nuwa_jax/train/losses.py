@@ -1,6 +1,8 @@
 """Model-specific training losses, vdm style: each returns (loss, dict of named terms).
 
 - `vae_loss`: T-KLVAE, L1 reconstruction + kl_weight * KL(q(z|x) || N(0, I)).
+- `training_latents`: a batch's diffusion latents, encoded by the frozen VAE or sampled
+  from a latent store's posterior moments.
 - `mtd_loss`: NUWA-XL's MTD on one level's windows: frozen-VAE latents, prompt dropout
   for classifier-free guidance, q_sample, MTD(x_t, t, context, x0^c, x0^m), and the
   denoising MSE on the generated frames only.
@@ -16,7 +18,9 @@ import jax.numpy as jnp
 from nuwa_jax import diffusion
 from nuwa_jax.models.mtd import MTD
 from nuwa_jax.models.text import TextEncoder
-from nuwa_jax.models.vae import KLVAE
+from nuwa_jax.models.vae import KLVAE, DiagonalGaussian, diffusion_latents
+
+LATENT_KEYS = ("latent_mean", "latent_logvar")  # batches read from a latent store
 
 
 def check_unavailable_terms(train: Any) -> None:
@@ -39,6 +43,26 @@ def vae_loss(
     kl = jnp.mean(posterior.kl())  # summed per frame, averaged over frames
     loss = l1 + kl_weight * kl
     return loss, {"l1": l1, "kl": kl}
+
+
+def training_latents(
+    batch: dict[str, jax.Array], key: jax.Array, vae_config: Any, vae: KLVAE | None = None
+) -> jax.Array:
+    """Diffusion latents (B, L, h, w, c) of a batch, without gradient.
+
+    From a latent store (data.latents_dir): a sample of the stored posterior moments
+    'latent_mean' / 'latent_logvar' (float16 on the host, float32 here), shifted and
+    scaled by `vae_config` exactly like `KLVAE.encode_to_latents`; no VAE is needed.
+    Otherwise the frozen `vae` encodes 'video' (the strided window as one clip).
+    """
+    if LATENT_KEYS[0] in batch:
+        posterior = DiagonalGaussian.from_mean_logvar(batch[LATENT_KEYS[0]], batch[LATENT_KEYS[1]])
+        z = diffusion_latents(posterior, vae_config.shift_factor, vae_config.scaling_factor, key)
+    elif vae is None:
+        raise ValueError("training_latents: the batch has no latents and no VAE was given")
+    else:
+        z = vae.encode_to_latents(batch["video"], rng=key)
+    return jax.lax.stop_gradient(z)
 
 
 def mtd_loss(

@@ -8,15 +8,24 @@ level's windows (frozen VAE; the byte text encoder trains with it when
 text.trainable). A rerun in the same workdir resumes from the newest checkpoint;
 SIGTERM saves at the next step boundary and exits 0; a NaN / Inf loss or gradient
 stops the run with an error naming the step, leaving the last good checkpoint intact.
+Every `train.sample_every` steps the EMA weights make samples (nuwa_jax.train.samples);
+`train.profile_steps` > 0 traces steps into workdir (clu Profile, process 0). The jitted
+step itself is built by `make_train_step` (benchmarks/train_step.py times exactly it).
+Multi-host: every process runs this same loop; only process 0 writes metrics.jsonl,
+samples and profiles, all take part in checkpoints, and a SIGTERM on any one of them
+stops all at the same step.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -32,11 +41,12 @@ from nuwa_jax.hierarchy.models import check_hierarchy, vae_class
 from nuwa_jax.models.mtd import MTD
 from nuwa_jax.models.text import TextEncoder, make_tokenizer
 from nuwa_jax.train import checkpoint as ckpt
-from nuwa_jax.train import losses
+from nuwa_jax.train import losses, samples
 from nuwa_jax.train import state as state_lib
 
 MODELS = ("vae", "mtd")
-BATCH_KEYS = ("video", "tokens", "cond_mask")
+# 'video', or 'latent_mean' + 'latent_logvar' when reading a latent store (data.latents_dir).
+BATCH_KEYS = ("video", "latent_mean", "latent_logvar", "tokens", "cond_mask", "bad_records")
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -53,6 +63,15 @@ def check_config(config: Any) -> None:
         raise ValueError(
             f"train.level={t.level} is not a level of hierarchy.depth={config.hierarchy.depth}"
         )
+    if config.data.latents_dir and t.model != "mtd":
+        raise ValueError(
+            f"data.latents_dir={config.data.latents_dir!r} holds latents: train.model="
+            f"{t.model!r} needs video frames (only 'mtd' trains from a latent store)"
+        )
+    if config.data.latents_dir and t.sample_every > 0:
+        raise ValueError(
+            "train.sample_every > 0 samples from video clips; with data.latents_dir set it to 0"
+        )
     losses.check_unavailable_terms(t)
     state_lib.learning_rate_schedule(t)  # checks num_steps > warmup_steps
 
@@ -60,10 +79,17 @@ def check_config(config: Any) -> None:
 def ensure_data(config: Any) -> None:
     """data.source='synthetic': renders the benchmark into data.data_dir if it is empty."""
     d = config.data
+    if d.latents_dir:  # a latent store replaces the frame store (nuwa_jax.data.latents)
+        if not os.path.exists(os.path.join(d.latents_dir, "metadata.json")):
+            raise schema.DataError(f"{d.latents_dir}: no metadata.json (data.latents_dir)")
+        return
     if not d.data_dir:
         raise ValueError("data.data_dir is empty: give the frame store directory")
-    if d.source == "synthetic" and not os.path.exists(os.path.join(d.data_dir, "metadata.json")):
-        if jax.process_index() == 0:
+    metadata = os.path.join(d.data_dir, "metadata.json")
+    if d.source == "synthetic":
+        # Every process takes part in the barrier: one that starts late may already see
+        # the metadata that process 0 wrote, and must not skip the sync process 0 waits in.
+        if jax.process_index() == 0 and not os.path.exists(metadata):
             synthetic.write_benchmark(
                 d.data_dir,
                 episodes=d.synthetic_episodes,
@@ -79,7 +105,7 @@ def ensure_data(config: Any) -> None:
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices("nuwa_jax.train.ensure_data")
-    elif not os.path.exists(os.path.join(d.data_dir, "metadata.json")):
+    if not os.path.exists(metadata):
         raise schema.DataError(f"{d.data_dir}: no metadata.json (data.source={d.source!r})")
 
 
@@ -119,68 +145,46 @@ def build_models(config: Any, mesh, rules) -> tuple[dict, dict, int | None]:
     return trained, frozen, (t.level - 1 if shared else None)
 
 
-def _write_jsonl(path: str, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """The jitted train step of a config, and what it needs besides the state and batch.
 
-
-class _Preemption:
-    """SIGTERM -> a flag read at step boundaries (main thread only)."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        if _in_main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        logging.warning("SIGTERM: saving at the next step boundary, then exiting")
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = None):
-    """Trains until train.num_steps (or `max_steps`, or SIGTERM); returns the TrainState.
-
-    Resumes from the newest checkpoint in workdir/checkpoints if there is one.
+    `fn(state, frozen_state, batch) -> (state, metrics)`: one jit, the state donated, the
+    new state sharded like `state_shardings`, the metrics replicated; calling the
+    TrainStep passes the frozen networks. The trainer and benchmarks/train_step.py run
+    exactly this step.
     """
-    # -----------------------------------------------------------------------------------
-    # Config, mesh, data.
-    # -----------------------------------------------------------------------------------
-    check_config(config)
-    t = config.train
-    workdir = os.path.abspath(os.fspath(workdir))
-    os.makedirs(workdir, exist_ok=True)
-    stop_at = t.num_steps if max_steps is None else min(int(max_steps), t.num_steps)
-    mesh = parallel.make_mesh(config.mesh)
-    rules = parallel.logical_rules(config)
-    divisor = parallel.batch_divisor(mesh, rules)
-    if config.data.batch_size % divisor:
-        raise ValueError(
-            f"data.batch_size={config.data.batch_size} is not a multiple of the {divisor} "
-            "devices that split the batch (mesh data x fsdp)"
-        )
-    ensure_data(config)
-    tokenizer = make_tokenizer(config.text)
-    levels = [t.level] if t.model == "mtd" else None
-    iterator = pipeline.make_iterator(config, tokenizer, levels=levels)
-    uncond_tokens = jnp.asarray(tokenizer([""])[0])
 
-    # -----------------------------------------------------------------------------------
+    fn: Callable
+    state_shardings: state_lib.TrainState
+    frozen_state: nnx.State  # the frozen networks' weights (VAE, a frozen text encoder)
+    graphdef: nnx.GraphDef  # the trained networks ...
+    rest: nnx.State  # ... and their non-Param state
+    frozen_graphdef: nnx.GraphDef
+    level_id: int | None  # level embedding of a shared local MTD (None: not used)
+
+    def __call__(self, state: state_lib.TrainState, batch: dict[str, jax.Array]):
+        return self.fn(state, self.frozen_state, batch)
+
+    def modules(self, params: Any, frozen_state: nnx.State | None = None) -> dict:
+        """Every network of the run by name, the trained ones with `params` (e.g. the EMA)."""
+        frozen_state = self.frozen_state if frozen_state is None else frozen_state
+        fixed = nnx.merge(self.frozen_graphdef, frozen_state)
+        trained = state_lib.merge_trainable(self.graphdef, params, self.rest)
+        return {**dict(fixed.items()), **dict(trained.items())}
+
+
+def make_train_step(
+    config: Any, mesh, rules, tokenizer: Callable
+) -> tuple[TrainStep, state_lib.TrainState]:
+    """Builds the run's networks (sharded), its jitted train step and the step-0 state.
+
+    The step takes a batch of global arrays with BATCH_KEYS (`pipeline.global_batches`);
+    `tokenizer` gives the empty prompt's tokens (prompt dropout).
+    """
+    t = config.train
+    uncond_tokens = jnp.asarray(tokenizer([""])[0])
     # Models: trained ones (params) and frozen ones (passed as a state).
-    # -----------------------------------------------------------------------------------
     trained, frozen, level_id = build_models(config, mesh, rules)
     graphdef, params, rest = state_lib.split_trainable(trained)
     frozen_graphdef, frozen_state = nnx.split(nnx.Dict(frozen))
@@ -193,17 +197,15 @@ def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = No
     noise_schedule = diffusion.NoiseSchedule.from_config(config.diffusion)
     base_key = jax.random.key(config.seed)
 
-    # -----------------------------------------------------------------------------------
     # The train step: one jit, the state donated.
-    # -----------------------------------------------------------------------------------
     def loss_fn(params, frozen_state, batch, key):
         modules = state_lib.merge_trainable(graphdef, params, rest)
         if t.model == "vae":
             return losses.vae_loss(modules["vae"], batch["video"], key, t.kl_weight)
         fixed = nnx.merge(frozen_graphdef, frozen_state)
         k_latent, k_loss = jax.random.split(key)
-        latents = fixed["vae"].encode_to_latents(batch["video"], rng=k_latent)
-        latents = jax.lax.stop_gradient(latents)
+        vae = fixed["vae"] if "vae" in fixed else None  # unused (pruned) on a latent store
+        latents = losses.training_latents(batch, k_latent, config.vae, vae)
         text = modules["text"] if "text" in modules else fixed["text"]
         return losses.mtd_loss(
             modules["mtd"],
@@ -239,13 +241,117 @@ def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = No
             loss=loss,
             grad_norm=optax.tree.norm(grads),
             lr=schedule_fn(state.step // t.grad_accum_steps),
+            bad_records=jnp.sum(batch["bad_records"]),  # bad windows skipped in this batch
             **aux,
         )
         new = state_lib.TrainState(state.step + 1, params, opt_state, ema)
         return new, metrics
 
     replicated = NamedSharding(mesh, PartitionSpec())
-    step_fn = jax.jit(train_step, out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+    fn = jax.jit(train_step, out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+    parts = TrainStep(fn, state_shardings, frozen_state, graphdef, rest, frozen_graphdef, level_id)
+    return parts, state
+
+
+def synthetic_batch(config: Any, mesh, rules, tokenizer: Callable, seed: int = 0) -> dict:
+    """A global batch of BATCH_KEYS shaped like the pipeline's, without reading data.
+
+    Video uniform in [-1, 1], one caption's tokens on every frame, the cond_mask of the
+    trained level, no bad records: for benchmarks and tests of the step alone.
+    """
+    d, L = config.data, config.hierarchy.frames_per_call
+    b = d.batch_size // jax.process_count()
+    rng = np.random.default_rng(seed + jax.process_index())
+    tokens = np.asarray(tokenizer(["a red circle moves right on the beach"]), np.int32)
+    level = config.train.level if config.train.model == "mtd" else 0
+    mask = pipeline.plan_from_config(config).condition_mask(level)
+    local = dict(
+        video=rng.uniform(-1, 1, (b, L, d.resolution, d.resolution, 3)).astype(np.float32),
+        tokens=np.broadcast_to(tokens, (b, L, tokens.shape[-1])).copy(),
+        cond_mask=np.broadcast_to(mask, (b, L)).copy(),
+        bad_records=np.zeros((b,), np.int32),
+    )
+    return parallel.global_batch(local, mesh, rules)
+
+
+def _write_jsonl(path: str, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+class _Preemption:
+    """SIGTERM -> a flag read at step boundaries (main thread only)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if _in_main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM: saving at the next step boundary, then exiting")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _any_process(flag: bool) -> bool:
+    """True if `flag` is True on any process (a SIGTERM may reach one host first)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def _stop_trace() -> None:
+    try:
+        jax.profiler.stop_trace()
+    except RuntimeError:  # no trace running: the profile had already ended
+        pass
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = None):
+    """Trains until train.num_steps (or `max_steps`, or SIGTERM); returns the TrainState.
+
+    Resumes from the newest checkpoint in workdir/checkpoints if there is one.
+    """
+    # -----------------------------------------------------------------------------------
+    # Config, mesh, data.
+    # -----------------------------------------------------------------------------------
+    check_config(config)
+    t = config.train
+    workdir = os.path.abspath(os.fspath(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    stop_at = t.num_steps if max_steps is None else min(int(max_steps), t.num_steps)
+    mesh = parallel.make_mesh(config.mesh)
+    rules = parallel.logical_rules(config)
+    divisor = parallel.batch_divisor(mesh, rules)
+    if config.data.batch_size % divisor:
+        raise ValueError(
+            f"data.batch_size={config.data.batch_size} is not a multiple of the {divisor} "
+            "devices that split the batch (mesh data x fsdp)"
+        )
+    ensure_data(config)
+    tokenizer = make_tokenizer(config.text)
+    levels = [t.level] if t.model == "mtd" else None
+    iterator = pipeline.make_iterator(config, tokenizer, levels=levels)
+
+    # -----------------------------------------------------------------------------------
+    # Models and the train step (one jit, the state donated): see make_train_step.
+    # -----------------------------------------------------------------------------------
+    train_step, state = make_train_step(config, mesh, rules, tokenizer)
 
     # -----------------------------------------------------------------------------------
     # Resume.
@@ -253,14 +359,14 @@ def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = No
     checkpointer = ckpt.Checkpointer(workdir, t)
     latest = checkpointer.latest_step()
     if latest is not None:
-        abstract = ckpt.abstract_like(state, state_shardings)
+        abstract = ckpt.abstract_like(state, train_step.state_shardings)
         del state
         state = checkpointer.restore(latest, abstract, iterator)
         logging.info("resumed from step %d in %s", latest, checkpointer.directory)
     step = int(state.step)
 
     # -----------------------------------------------------------------------------------
-    # Metrics.
+    # Metrics, samples, profiler.
     # -----------------------------------------------------------------------------------
     from clu import metric_writers, periodic_actions
 
@@ -270,21 +376,37 @@ def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = No
     jsonl = os.path.join(workdir, METRICS_FILE)
     if step == 0 and lead:
         writer.write_hparams({k: v for k, v in config.train.items() if not isinstance(v, dict)})
+    profile = None
+    if t.profile_steps > 0 and lead:  # traces steps profile_first_step + 1 .. + profile_steps
+        profile = periodic_actions.Profile(
+            logdir=workdir,
+            num_profile_steps=t.profile_steps,
+            profile_duration_ms=None,
+            first_profile=t.profile_first_step,
+            every_steps=None,
+            every_secs=None,
+        )
 
     # -----------------------------------------------------------------------------------
     # The loop.
     # -----------------------------------------------------------------------------------
     batches = pipeline.global_batches(
-        ({k: b[k] for k in BATCH_KEYS} for b in iterator), mesh, rules
+        ({k: b[k] for k in BATCH_KEYS if k in b} for b in iterator), mesh, rules
     )
-    tick, tick_step = time.perf_counter(), step
+    sampler = None
+    if t.sample_every > 0 and step < stop_at:  # samples start from the run's first batch
+        first = next(batches)
+        sampler = samples.Sampler(config, train_step, first, tokenizer, mesh)
+        batches = itertools.chain([first], batches)
+    tick, tick_step, bad_records, stop = time.perf_counter(), step, 0, False
     try:
         with _Preemption() as preemption, jax.set_mesh(mesh):
-            while step < stop_at and not preemption.requested:
+            while step < stop_at and not stop:
                 batch = next(batches)
-                state, metrics = step_fn(state, frozen_state, batch)
+                state, metrics = train_step(state, batch)
                 step += 1
                 metrics = jax.device_get(metrics)
+                bad_records += int(metrics.pop("bad_records"))
                 if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
                     checkpointer.wait()
                     raise NonFiniteError(
@@ -293,19 +415,29 @@ def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = No
                         f"{checkpointer.latest_step()} in {checkpointer.directory}"
                     )
                 progress(step, time.time())
+                if profile is not None:
+                    profile(step)
                 if step % t.log_every == 0 or step == stop_at:
                     now = time.perf_counter()
                     scalars = {k: float(v) for k, v in metrics.items()}
                     scalars["steps_per_sec"] = (step - tick_step) / max(now - tick, 1e-9)
-                    tick, tick_step = now, step
+                    scalars["bad_records"] = bad_records  # since the previous log line
+                    tick, tick_step, bad_records = now, step, 0
                     writer.write_scalars(step, scalars)
                     if lead:
                         _write_jsonl(jsonl, {"step": step, **scalars})
-                if step % t.checkpoint_every == 0 or step == stop_at or preemption.requested:
+                if sampler is not None and step % t.sample_every == 0:
+                    started = time.perf_counter()
+                    sampler.write(step, state.ema, writer, workdir)
+                    tick += time.perf_counter() - started  # steps_per_sec: training only
+                stop = _any_process(preemption.requested)  # every process stops together
+                if step % t.checkpoint_every == 0 or step == stop_at or stop:
                     checkpointer.save(step, state, iterator, config)
         if checkpointer.latest_step() != step:  # e.g. resumed at the end already
             checkpointer.save(step, state, iterator, config)
     finally:
+        if profile is not None:
+            _stop_trace()  # a run that ends inside the traced steps
         checkpointer.close()
         writer.flush()
     return state

@@ -1,0 +1,393 @@
+"""Trainer runs -> one hierarchy bundle (nuwa_jax/hierarchy/bundle.py) for generation.
+
+    python -m nuwa_jax.export --config=configs/demo.py --vae_workdir=runs/vae \\
+        --mtd_workdirs=runs/mtd0,runs/mtd1,runs/mtd2 --out=bundles/demo [--dtype=float16]
+    python -m nuwa_jax.export --config=configs/demo.py --random_weights --out=bundles/random
+
+`--config` is the bundle's config (the default config of every generation from it).
+Each run's newest checkpoint gives its EMA parameters (an orbax partial restore of the
+`ema` item only, into networks built sharded from the config). Before anything is read,
+each run's saved config is compared with the bundle's, and any field that would make its
+weights mean something else is named:
+- the VAE run (train.model='vae'): the `vae` section;
+- MTD run j (train.model='mtd', train.level=j; with hierarchy.share_local_models two
+  runs: the global one and one local run of any level >= 1): `mtd`, `text`, `vae` (the
+  latents it learned), `hierarchy`, the noise fields of `diffusion`, data.resolution,
+  and `seed` where the config's seed decides a frozen network (a frozen byte encoder).
+
+Text encoders: with text.trainable every MTD run trained its own encoder jointly, and the
+bundle keeps each MTD's own (layout 'per_level'): an MTD conditioned on another run's
+encoder would read embeddings it never saw. A frozen encoder (text.trainable False) is
+built from the config as the trainer built it (CLIP from text.clip_dir, or the seed's
+byte encoder) and shared by every level.
+
+The VAE must be the one whose latents the MTDs learned. Without --vae_workdir it is
+built as the trainer's frozen VAE is (vae.pretrained_dir imported, else the seed + 1
+initialisation). With it, the trained T-KLVAE's EMA is used, and each MTD run must have
+learned from it: trained on a latent store (data.latents_dir) that this VAE run encoded
+(its metadata names the run and step). Any other pairing is refused naming the run and
+both VAEs (--allow_vae_mismatch exports anyway and records the mismatch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from absl import flags
+
+from nuwa_jax import cli, parallel
+
+_CONFIG = cli.define_config_flag()
+_VAE = flags.DEFINE_string("vae_workdir", None, "Trainer run of the T-KLVAE (train.model=vae).")
+_MTDS = flags.DEFINE_list(
+    "mtd_workdirs", None, "Trainer runs of the MTDs, level 0 (global) first, comma-separated."
+)
+_OUT = flags.DEFINE_string("out", None, "Bundle path: <dir>/<name> (.safetensors and .json).")
+_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float16"], "Stored dtype.")
+_RANDOM = flags.DEFINE_bool("random_weights", False, "Export the config's random init.")
+_ALLOW_VAE = flags.DEFINE_bool(
+    "allow_vae_mismatch", False, "Export even if an MTD learned another VAE's latents."
+)
+
+
+class RunMismatchError(ValueError):
+    """A trainer run cannot go into this bundle (the message names the run and why)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Trainer runs.
+# ---------------------------------------------------------------------------------------
+def read_run(workdir: str | os.PathLike, config: Any) -> tuple[str, int, dict[str, Any]]:
+    """(absolute workdir, newest step, saved config JSON) of a trainer run."""
+    from nuwa_jax.train import checkpoint as ckpt
+
+    workdir = os.path.abspath(os.fspath(workdir))
+    directory = os.path.join(workdir, ckpt.CHECKPOINT_DIR)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{directory}: no checkpoints (not a trainer run's workdir?)")
+    checkpointer = ckpt.Checkpointer(workdir, config.train)
+    try:
+        step = checkpointer.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{directory}: no finished checkpoint")
+        saved = checkpointer.restore_config(step)
+    finally:
+        checkpointer.close()
+    return workdir, int(step), saved
+
+
+def _run_name(workdir: str, step: int) -> str:
+    return f"{workdir} (step {step})"
+
+
+def check_run_config(name: str, saved: dict[str, Any], config: Any, fields: list[str]) -> None:
+    """RunMismatchError naming every field of `fields` where the run's config differs."""
+    from nuwa_jax.hierarchy import bundle
+
+    diff = bundle.differing_fields(saved, bundle.config_to_dict(config), fields)
+    if diff:
+        lines = "".join(f"\n  {f}: run {a!r}, bundle {b!r}" for f, a, b in diff)
+        raise RunMismatchError(
+            f"{name}: its config differs from the bundle's at "
+            f"{', '.join(f for f, _, _ in diff)}:{lines}"
+        )
+
+
+def _ema_shapes(workdir: str, step: int) -> dict[str, tuple[int, ...]]:
+    """{'<module>.<parameter path>': shape} of a checkpoint's EMA, from its metadata."""
+    import jax
+    import orbax.checkpoint as ocp
+    from etils import epath
+
+    from nuwa_jax.train import checkpoint as ckpt
+
+    path = epath.Path(workdir) / ckpt.CHECKPOINT_DIR / str(step) / "state"
+    metadata = ocp.StandardCheckpointHandler().metadata(path)
+    tree = getattr(metadata, "tree", metadata)
+    if not isinstance(tree, dict) or "ema" not in tree:
+        raise RunMismatchError(f"{path}: no 'ema' in the saved train state")
+    leaves = jax.tree_util.tree_flatten_with_path(tree["ema"])[0]
+    return {
+        ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keypath): tuple(x.shape)
+        for keypath, x in leaves
+    }
+
+
+def restore_run(workdir: str, step: int, modules: dict[str, Any]) -> None:
+    """Checks keys and shapes of the run's EMA against `modules` (one error listing every
+    missing, unexpected and mis-shaped key), then restores it into them, sharded."""
+    from nuwa_jax.convert import common
+    from nuwa_jax.train import checkpoint as ckpt
+
+    saved = _ema_shapes(workdir, step)
+    ours = {
+        f"{name}.{path}": tuple(var.get_value().shape)
+        for name, module in modules.items()
+        for path, var in common.param_paths(module).items()
+    }
+    missing = sorted(f"{k} (shape {ours[k]})" for k in set(ours) - set(saved))
+    unexpected = sorted(set(saved) - set(ours))
+    misshaped = sorted(
+        f"{k}: checkpoint {saved[k]}, model {ours[k]}"
+        for k in set(ours) & set(saved)
+        if saved[k] != ours[k]
+    )
+    if missing or unexpected or misshaped:
+        raise common.fit_error(
+            f"{_run_name(workdir, step)} ema", f"{sorted(modules)}", missing, unexpected, misshaped
+        )
+    ckpt.restore_ema(workdir, modules, step)
+
+
+def _same_path(a: str | None, b: str | None) -> bool:
+    return bool(a) and bool(b) and os.path.realpath(a) == os.path.realpath(b)
+
+
+def run_vae(saved: dict[str, Any]) -> dict[str, Any]:
+    """Which VAE's latents an MTD run learned: its latent store's encoder, or its frozen VAE."""
+    data, vae = saved.get("data", {}), saved.get("vae", {})
+    if data.get("latents_dir"):
+        path = os.path.join(data["latents_dir"], "metadata.json")
+        try:
+            with open(path) as f:
+                latent_vae = json.load(f).get("latent", {}).get("vae", {})
+        except (OSError, json.JSONDecodeError) as e:
+            return dict(weights="unknown", latents_dir=data["latents_dir"], error=str(e))
+        keep = ("weights", "workdir", "step", "seed", "pretrained_dir")
+        return dict({k: latent_vae[k] for k in keep if k in latent_vae},
+                    latents_dir=data["latents_dir"])  # fmt: skip
+    if vae.get("pretrained_dir"):
+        return dict(weights="pretrained", pretrained_dir=vae["pretrained_dir"])
+    return dict(weights="random", seed=saved.get("seed", 0) + 1)
+
+
+def same_vae(learned: dict[str, Any], bundled: dict[str, Any]) -> bool:
+    """Whether the VAE an MTD learned from is the bundle's (same run and step, same seed,
+    or the same pretrained directory)."""
+    kind = learned.get("weights")
+    if kind != bundled.get("weights"):
+        return False
+    if kind == "checkpoint":
+        return _same_path(learned.get("workdir"), bundled.get("workdir")) and learned.get(
+            "step"
+        ) == bundled.get("step")
+    if kind == "random":
+        return learned.get("seed") == bundled.get("seed")
+    if kind == "pretrained":
+        return _same_path(learned.get("pretrained_dir"), bundled.get("pretrained_dir"))
+    return False
+
+
+# ---------------------------------------------------------------------------------------
+# Export.
+# ---------------------------------------------------------------------------------------
+def mtd_runs_expected(config: Any) -> int:
+    """MTD runs a bundle takes: one per level, or global + one shared local."""
+    h = config.hierarchy
+    return 2 if h.share_local_models and h.depth > 1 else h.depth
+
+
+def mtd_fields(config: Any, saved: dict[str, Any]) -> list[str]:
+    """Fields an MTD run must share with the bundle's config."""
+    from nuwa_jax.hierarchy import bundle
+
+    ours = bundle.config_to_dict(config)
+    sections = {"mtd": ("dropout",), "text": ("clip_dir",), "vae": ("pretrained_dir",),
+                "hierarchy": ()}  # fmt: skip
+    fields = bundle.section_fields(sections, ours, saved) + list(bundle.NOISE_FIELDS)
+    fields.append("data.resolution")
+    if not config.text.trainable and config.text.kind == "byte":
+        fields.append("seed")  # the frozen byte encoder is the seed's initialisation
+    return fields
+
+
+def export_hierarchy(
+    config: Any,
+    out: str | os.PathLike,
+    *,
+    vae_workdir: str | None = None,
+    mtd_workdirs: Sequence[str] = (),
+    random_weights: bool = False,
+    dtype: str = "bfloat16",
+    allow_vae_mismatch: bool = False,
+) -> dict[str, Any]:
+    """Builds the hierarchy from trainer runs (or randomly) and writes it as a bundle.
+
+    Returns the manifest. Every run is checked (config fields, train.model / level, keys
+    and shapes, the VAE its latents came from) before anything is written.
+    """
+    from flax import nnx
+
+    from nuwa_jax.hierarchy import bundle
+    from nuwa_jax.hierarchy.models import HierarchyModels, check_hierarchy, vae_class
+    from nuwa_jax.models.text import TextEncoder
+
+    check_hierarchy(config)
+    mtd_workdirs = [d for d in mtd_workdirs if d]
+    if random_weights and (vae_workdir or mtd_workdirs):
+        raise ValueError("--random_weights exports the config's initialisation: give no workdirs")
+    expected = mtd_runs_expected(config)
+    shared_local = expected != config.hierarchy.depth  # global + one shared local MTD
+    if not random_weights and len(mtd_workdirs) != expected:
+        what = "global, then the shared local MTD" if shared_local else "one per level"
+        raise ValueError(
+            f"--mtd_workdirs: {len(mtd_workdirs)} runs given, the hierarchy needs {expected} "
+            f"({what}, level 0 first), or --random_weights"
+        )
+    mesh, rules = parallel.make_mesh(config.mesh), parallel.logical_rules(config)
+    per_level = bool(config.text.trainable)
+    if random_weights:
+        models = HierarchyModels.create(config, mesh, rules, per_level_text=per_level)
+        origin = dict(kind="random", seed=int(config.seed), by="HierarchyModels.create")
+        sources = {name: dict(origin) for name in models.components()}
+        return bundle.write_bundle(models, config, out, dtype=dtype, sources=sources)
+
+    # Every run: read and checked first, nothing built or restored until all of them fit.
+    if vae_workdir:
+        workdir, step, saved = read_run(vae_workdir, config)
+        name = _run_name(workdir, step)
+        model = saved.get("train", {}).get("model")
+        if model != "vae":
+            raise RunMismatchError(f"{name}: train.model={model!r}, --vae_workdir needs 'vae'")
+        vae_fields = bundle.section_fields(
+            {"vae": ("pretrained_dir",)}, saved, bundle.config_to_dict(config)
+        )
+        check_run_config(name, saved, config, vae_fields)
+        bundled_vae = dict(weights="checkpoint", workdir=workdir, step=step)
+        vae_source = dict(kind="checkpoint", params="ema", **bundled_vae)
+    elif config.vae.pretrained_dir:
+        bundled_vae = dict(weights="pretrained", pretrained_dir=config.vae.pretrained_dir)
+        vae_source = dict(kind="pretrained", dir=config.vae.pretrained_dir)
+    else:
+        bundled_vae = dict(weights="random", seed=int(config.seed) + 1)
+        vae_source = dict(kind="random", seed=int(config.seed) + 1)
+
+    mtd_runs = []  # (workdir, step, source), index = the bundle's MTD (1: a shared local one)
+    for index, directory in enumerate(mtd_workdirs):
+        workdir, step, saved = read_run(directory, config)
+        name = _run_name(workdir, step)
+        train = saved.get("train", {})
+        if train.get("model") != "mtd":
+            raise RunMismatchError(
+                f"{name}: train.model={train.get('model')!r}, MTD run {index} needs 'mtd'"
+            )
+        level = train.get("level")
+        want = ">= 1" if shared_local and index == 1 else str(index)
+        if not (isinstance(level, int) and (level >= 1 if want == ">= 1" else level == index)):
+            raise RunMismatchError(
+                f"{name}: train.level={level!r}, but --mtd_workdirs position {index} "
+                f"takes the MTD of level {want}"
+            )
+        check_run_config(name, saved, config, mtd_fields(config, saved))
+        learned = run_vae(saved)
+        if not same_vae(learned, bundled_vae):
+            message = (
+                f"{name}: this MTD learned the latents of VAE {learned}, but the bundle's "
+                f"VAE is {bundled_vae}"
+            )
+            if not allow_vae_mismatch:
+                raise RunMismatchError(
+                    message + " (train the MTD on a latent store encoded by the bundle's VAE, "
+                    "or export without --vae_workdir; --allow_vae_mismatch exports anyway)"
+                )
+            logging.warning("%s (exported anyway: --allow_vae_mismatch)", message)
+        source = dict(kind="checkpoint", workdir=workdir, step=step, params="ema",
+                      level=level, vae=learned)  # fmt: skip
+        mtd_runs.append((workdir, step, source))
+
+    # Abstract networks (nothing initialised): the runs' parameters are restored into them.
+    models = HierarchyModels.create(config, mesh, rules, per_level_text=per_level, abstract=True)
+    mtd_names = [n for n in models.components() if n.startswith("mtd_")]
+    runs = []  # (workdir, step, {name in the run: network})
+    sources: dict[str, Any] = {"vae": vae_source}
+    if vae_workdir:
+        runs.append((vae_source["workdir"], vae_source["step"], {"vae": models.vae}))
+    for index, (workdir, step, source) in enumerate(mtd_runs):
+        modules = {"mtd": models.mtds[index]}
+        sources[mtd_names[index]] = source
+        if config.text.trainable:
+            modules["text"] = models.text_of(index)
+            sources["text" + mtd_names[index][3:]] = dict(source, trained_with="mtd")
+        runs.append((workdir, step, modules))
+
+    # Networks no run trained: built as the trainer builds its frozen ones.
+    make = lambda ctor, seed: parallel.create_sharded_model(  # noqa: E731
+        lambda: ctor(nnx.Rngs(seed)), mesh, rules
+    )
+    if not config.text.trainable:
+        text = make(lambda r: TextEncoder(config.text, config.compute, rngs=r), config.seed)
+        if config.text.kind == "clip":
+            from nuwa_jax.convert.clip import load_clip_weights
+
+            load_clip_weights(text, config.text.clip_dir)
+            sources["text"] = dict(kind="clip", dir=config.text.clip_dir)
+        else:
+            sources["text"] = dict(kind="random", seed=int(config.seed), frozen=True)
+        models = dataclasses.replace(models, text=text)
+    if not vae_workdir:
+        vae = make(lambda r: vae_class(config)(config.vae, config.compute, rngs=r), config.seed + 1)
+        if config.vae.pretrained_dir:
+            from nuwa_jax.convert import common as convert_common
+            from nuwa_jax.convert import vae as convert_vae
+
+            weights = os.path.join(config.vae.pretrained_dir, convert_vae.WEIGHTS_FILE)
+            convert_vae.import_vae_weights(
+                vae, convert_common.load_safetensors(weights), source=weights
+            )
+        models = dataclasses.replace(models, vae=vae)
+    for workdir, step, modules in runs:
+        restore_run(workdir, step, modules)
+        logging.info("restored the EMA of %s into %s", _run_name(workdir, step), sorted(modules))
+    return bundle.write_bundle(models, config, out, dtype=dtype, sources=sources)
+
+
+# ---------------------------------------------------------------------------------------
+# CLI.
+# ---------------------------------------------------------------------------------------
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise SystemExit(f"error: unexpected arguments {argv[1:]}")
+    if not _OUT.value:
+        print("error: --out=PATH is required", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        manifest = export_hierarchy(
+            _CONFIG.value,
+            _OUT.value,
+            vae_workdir=_VAE.value,
+            mtd_workdirs=_MTDS.value or (),
+            random_weights=_RANDOM.value,
+            dtype=_DTYPE.value,
+            allow_vae_mismatch=_ALLOW_VAE.value,
+        )
+    except (ValueError, FileNotFoundError) as e:  # BundleError, RunMismatchError, key errors
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    from nuwa_jax.hierarchy.bundle import bundle_paths
+
+    weights, manifest_path = bundle_paths(_OUT.value)
+    size = manifest.get("size_bytes", 0) / 1e6
+    print(f"{weights}: {manifest['total_parameters']:,} parameters, {size:.1f} MB "
+          f"({manifest['dtype']}), sha256 {manifest.get('sha256')}")  # fmt: skip
+    print(f"{manifest_path}: manifest")
+    for name, count in manifest["parameters"].items():
+        source = manifest["sources"].get(name, {})
+        where = source.get("workdir") or source.get("dir") or source.get("kind")
+        step = f" step {source['step']}" if "step" in source else ""
+        print(f"  {name:>12}: {count:>12,}  {where}{step}")
+
+
+def run() -> None:
+    """Console-script entry point."""
+    parallel.initialize_distributed()
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

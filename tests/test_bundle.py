@@ -1,0 +1,388 @@
+"""Hierarchy bundles: export from trainer checkpoints, checksummed 16-bit weights, loading,
+config checks, atomic writes, and generation with --checkpoint (CPU, 8 simulated devices).
+
+Trainer runs are made cheaply: a TrainState laid out as the trainer's (the trained modules
+split by `state.split_trainable`, `create_train_state`) with random params and a different
+random EMA, saved through the trainer's Checkpointer; the optimiser is optax.identity()
+(no moments: a third of the arrays to save; export reads only the EMA). One slow test
+runs the real trainer for a step per network instead.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import grain
+import jax
+import ml_dtypes
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import nuwa_jax  # noqa: F401
+from configs import common
+from nuwa_jax import parallel
+from nuwa_jax.convert import common as convert_common
+from nuwa_jax.export import RunMismatchError, export_hierarchy
+from nuwa_jax.hierarchy import bundle
+from nuwa_jax.hierarchy.models import vae_class
+from nuwa_jax.models.mtd import MTD
+from nuwa_jax.models.text import TextEncoder
+from nuwa_jax.train import Checkpointer
+from nuwa_jax.train import state as state_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEP = 3
+
+
+def tiny_config():
+    cfg = common.base("tiny")
+    cfg.data.resolution = 16
+    cfg.vae.block_out_channels = (8, 8, 8)
+    cfg.mtd.block_out_channels = (16, 32)
+    cfg.diffusion.num_sampling_steps = 2
+    cfg.train.checkpoint_replica_parallel = False
+    cfg.train.async_checkpointing = False
+    return cfg
+
+
+_ABSTRACT = {}  # abstract networks by architecture: one trace each for the whole module
+
+
+def _abstract(name, cfg, make):
+    key = (name, repr(cfg.to_dict()[name]))
+    if key not in _ABSTRACT:
+        _ABSTRACT[key] = nnx.eval_shape(make)
+    return _ABSTRACT[key]
+
+
+def save_run(workdir, cfg, model, level=0, latents_dir="", seed=0):
+    """A trainer checkpoint of `model` (level `level`): params ~ N(0, 0.1), EMA different.
+
+    Returns the EMA as a flat {'<module>.<path>': float32 array}.
+    """
+    cfg = cfg.copy_and_resolve_references()
+    cfg.train.model, cfg.train.level, cfg.data.latents_dir = model, level, latents_dir
+    mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
+    if model == "vae":
+        make = {"vae": lambda: vae_class(cfg)(cfg.vae, cfg.compute, rngs=nnx.Rngs(0))}
+    else:
+        make = {"mtd": lambda: MTD(cfg.mtd, cfg.compute, rngs=nnx.Rngs(0))}
+        if cfg.text.trainable:
+            make["text"] = lambda: TextEncoder(cfg.text, cfg.compute, rngs=nnx.Rngs(0))
+    modules = {k: _abstract(k, cfg, f) for k, f in make.items()}  # the trainer's trained dict
+    _, abstract, _ = state_lib.split_trainable(modules)
+    shardings = state_lib.param_shardings(modules, mesh, rules)
+    rng = np.random.default_rng(seed)
+    draw = lambda x, s: jax.device_put(  # noqa: E731
+        rng.normal(0, 0.1, x.shape).astype(np.float32), s
+    )
+    params = jax.tree.map(draw, abstract, shardings)
+    state, _ = state_lib.create_train_state(params, shardings, optax.identity(), mesh)
+    state = state.replace(step=state.step + STEP, ema=jax.tree.map(draw, abstract, shardings))
+    iterator = iter(grain.MapDataset.range(4).to_iter_dataset())
+    checkpointer = Checkpointer(workdir, cfg.train)
+    checkpointer.save(STEP, state, iterator, cfg)
+    checkpointer.close()
+    flat = jax.tree_util.tree_flatten_with_path(state.ema)[0]
+    return {".".join(str(k.key) for k in path): np.asarray(x) for path, x in flat}
+
+
+def params_of(module) -> dict[str, np.ndarray]:
+    return {p: np.asarray(v.get_value()) for p, v in convert_common.param_paths(module).items()}
+
+
+def as_bf16(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x).astype(ml_dtypes.bfloat16).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A VAE run, and MTD runs of levels 0 and 1 trained on its latent store."""
+    root = tmp_path_factory.mktemp("runs")
+    cfg = tiny_config()
+    ema = {"vae": save_run(root / "vae", cfg, "vae", seed=1)}
+    store = root / "latents"  # what nuwa_jax.data.latents records of the encoding VAE
+    store.mkdir()
+    (store / "metadata.json").write_text(json.dumps(
+        {"latent": {"vae": {"weights": "checkpoint", "workdir": str(root / "vae"), "step": STEP}}}
+    ))  # fmt: skip
+    for level in (0, 1):
+        ema[f"mtd{level}"] = save_run(root / f"mtd{level}", cfg, "mtd", level, str(store),
+                                      seed=2 + level)  # fmt: skip
+    return root, cfg, ema
+
+
+@pytest.fixture(scope="module")
+def exported(runs):
+    root, cfg, ema = runs
+    out = root / "bundle" / "tiny"
+    manifest = export_hierarchy(cfg, out, vae_workdir=str(root / "vae"),
+                                mtd_workdirs=[str(root / "mtd0"), str(root / "mtd1")])  # fmt: skip
+    return out, manifest
+
+
+def test_exported_bundle_holds_each_runs_ema(runs, exported):
+    """Loaded weights == each run's EMA rounded to bfloat16 (EMA and params are independent
+    draws); the manifest names every run and step, the sha256 is the file's, one text
+    encoder per MTD."""
+    root, cfg, ema = runs
+    out, manifest = exported
+    weights, manifest_path = bundle.bundle_paths(out)
+    assert sorted(os.listdir(out.parent)) == ["tiny.json", "tiny.safetensors"]
+    assert manifest["sha256"] == bundle.sha256_of(weights)
+    assert manifest["dtype"] == "bfloat16" and manifest["text_layout"] == "per_level"
+    with open(manifest_path) as f:
+        on_disk = json.load(f)
+    assert on_disk["sha256"] == manifest["sha256"] and on_disk["config"]["mtd"][
+        "block_out_channels"
+    ] == [16, 32]
+    sources = on_disk["sources"]
+    assert sources["vae"]["workdir"] == str(root / "vae") and sources["vae"]["step"] == STEP
+    assert sources["mtd_local1"]["workdir"] == str(root / "mtd1")
+    assert sources["text_local1"]["workdir"] == str(root / "mtd1")
+    assert set(on_disk["parameters"]) == {"text_global", "text_local1", "vae", "mtd_global",
+                                          "mtd_local1"}  # fmt: skip
+    stored = convert_common.load_safetensors(weights)
+    assert {v.dtype for v in stored.values()} == {np.dtype(ml_dtypes.bfloat16)}
+    assert sum(v.size for v in stored.values()) == on_disk["total_parameters"]
+
+    mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
+    models = bundle.load_bundle(out, cfg, mesh, rules)
+    expect = {
+        "vae": (models.vae, "vae", ema["vae"]),
+        "mtd_global": (models.mtds[0], "mtd", ema["mtd0"]),
+        "mtd_local1": (models.mtds[1], "mtd", ema["mtd1"]),
+        "text_global": (models.text_of(0), "text", ema["mtd0"]),
+        "text_local1": (models.text_of(1), "text", ema["mtd1"]),
+    }
+    for name, (module, key, run_ema) in expect.items():
+        loaded = params_of(module)
+        assert len(loaded) > 10, name
+        for path, value in loaded.items():
+            assert value.dtype == np.float32
+            np.testing.assert_array_equal(value, as_bf16(run_ema[f"{key}.{path}"]), err_msg=name)
+    assert models.text_of(0) is models.text and models.text_of(1) is not models.text
+    var = next(iter(convert_common.param_paths(models.mtds[0]).values()))
+    assert isinstance(var.get_value().sharding, jax.sharding.NamedSharding)
+
+
+def test_checksum_mismatch_names_file_and_hashes(exported, tmp_path):
+    out, manifest = exported
+    weights, manifest_path = bundle.bundle_paths(out)
+    copy = tmp_path / "tiny"
+    data = bytearray(open(weights, "rb").read())
+    data[-3] ^= 0xFF  # one flipped byte in the last tensor
+    (tmp_path / "tiny.safetensors").write_bytes(bytes(data))
+    (tmp_path / "tiny.json").write_text(open(manifest_path).read())
+    cfg = tiny_config()
+    mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
+    with pytest.raises(bundle.ChecksumError) as e:
+        bundle.load_bundle(copy, cfg, mesh, rules)
+    message = str(e.value)
+    assert str(tmp_path / "tiny.safetensors") in message and manifest["sha256"] in message
+    assert bundle.sha256_of(str(tmp_path / "tiny.safetensors")) in message
+
+
+def rewrite(src, dst, edit):
+    """A self-consistent bundle at `dst` (valid checksum) whose tensors are edit(tensors)."""
+    import safetensors.numpy
+    from safetensors import safe_open
+
+    weights, manifest_path = bundle.bundle_paths(src)
+    with safe_open(weights, "np") as f:
+        metadata = f.metadata()
+    tensors = edit(convert_common.load_safetensors(weights))
+    new_weights, new_manifest = bundle.bundle_paths(dst)
+    safetensors.numpy.save_file(tensors, new_weights, metadata=metadata)
+    manifest = json.loads(open(manifest_path).read())
+    manifest["sha256"] = bundle.sha256_of(new_weights)
+    with open(new_manifest, "w") as f:
+        json.dump(manifest, f)
+
+
+def test_missing_misshaped_and_unexpected_keys_are_listed(exported, tmp_path):
+    out, _ = exported
+    gone, bent = "mtd_local1/conv_in.kernel", "vae/decoder.conv_out.bias"
+
+    def edit(tensors):
+        del tensors[gone]
+        tensors[bent] = np.zeros((5,), tensors[bent].dtype)
+        tensors["mtd_local7/extra.kernel"] = np.zeros((2,), tensors[bent].dtype)
+        return tensors
+
+    rewrite(out, tmp_path / "bad", edit)
+    cfg = tiny_config()
+    mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
+    with pytest.raises(convert_common.WeightImportError) as e:
+        bundle.load_bundle(tmp_path / "bad", cfg, mesh, rules)
+    message = str(e.value)
+    assert f"{gone} (for conv_in.kernel, shape (3, 3, 4, 16))" in message
+    assert f"{bent}: file (5,)" in message and "model decoder.conv_out.bias (3,)" in message
+    assert "mtd_local7/extra.kernel" in message
+
+
+def test_config_checks_name_the_field(runs, exported, tmp_path):
+    """An architecture override is refused naming the field; other overrides apply; the
+    bundle's config comes back typed like the preset's."""
+    out, _ = exported
+    config = bundle.generation_config(out, {"diffusion.num_sampling_steps": 5,
+                                            "generation.num_frames": 9})  # fmt: skip
+    assert config.diffusion.num_sampling_steps == 5 and config.generation.num_frames == 9
+    assert config.mtd.block_out_channels == (16, 32) and config.data.resolution == 16
+    assert isinstance(config.sharding.logical_axis_rules[0], tuple)
+    with pytest.raises(
+        bundle.ConfigMismatchError,
+        match=r"mtd.block_out_channels: config \[8, 16\], bundle \[16, 32\]",
+    ):
+        bundle.generation_config(out, {"mtd.block_out_channels": (8, 16)})
+    cfg = tiny_config()
+    cfg.diffusion.prediction = "v"
+    mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
+    with pytest.raises(bundle.ConfigMismatchError, match="diffusion.prediction"):
+        bundle.load_bundle(out, cfg, mesh, rules)
+
+
+def test_incompatible_runs_are_refused_naming_why(runs, tmp_path):
+    root, cfg, _ = runs
+    mtds = [str(root / "mtd0"), str(root / "mtd1")]
+    wide = cfg.copy_and_resolve_references()
+    wide.mtd.block_out_channels = (32, 64)
+    with pytest.raises(
+        RunMismatchError, match=r"mtd.block_out_channels: run \[16, 32\], bundle \[32, 64\]"
+    ):
+        export_hierarchy(wide, tmp_path / "b", vae_workdir=str(root / "vae"), mtd_workdirs=mtds)
+    with pytest.raises(RunMismatchError, match="train.level=1, but --mtd_workdirs position 0"):
+        export_hierarchy(cfg, tmp_path / "b", vae_workdir=str(root / "vae"),
+                         mtd_workdirs=mtds[::-1])  # fmt: skip
+    with pytest.raises(RunMismatchError, match="train.model='vae', MTD run 0 needs 'mtd'"):
+        export_hierarchy(cfg, tmp_path / "b", vae_workdir=str(root / "vae"),
+                         mtd_workdirs=[str(root / "vae"), mtds[1]])  # fmt: skip
+    # Without --vae_workdir the bundle's VAE is the config's init, not the one the MTDs'
+    # latent store was encoded with.
+    with pytest.raises(RunMismatchError, match="learned the latents of VAE"):
+        export_hierarchy(cfg, tmp_path / "b", mtd_workdirs=mtds)
+    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+        export_hierarchy(cfg, tmp_path / "b", vae_workdir=str(tmp_path), mtd_workdirs=mtds)
+    assert not os.path.exists(tmp_path / "b.json")
+
+
+def test_export_is_atomic(exported, tmp_path, monkeypatch):
+    """A crash while writing the weights or the manifest leaves no final-named file and no
+    temporary; an older bundle at the same path stays whole and loadable."""
+    import safetensors.numpy
+
+    out, _ = exported
+    cfg = tiny_config()
+    mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
+    models = bundle.load_bundle(out, cfg, mesh, rules)
+    real_save = safetensors.numpy.save_file
+
+    def crash_mid_write(tensors, path, metadata=None):
+        real_save(tensors, path, metadata=metadata)
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", crash_mid_write)
+    with pytest.raises(OSError, match="disk full"):
+        bundle.write_bundle(models, cfg, tmp_path / "new", dtype="float16")
+    assert os.listdir(tmp_path) == []
+    monkeypatch.setattr(safetensors.numpy, "save_file", real_save)
+
+    old = bundle.write_bundle(models, cfg, tmp_path / "new", dtype="float16")
+
+    def crash(path, data):
+        raise OSError("crash")
+
+    monkeypatch.setattr(bundle, "_write_json", crash)
+    with pytest.raises(OSError, match="crash"):
+        bundle.write_bundle(models, cfg, tmp_path / "new", dtype="bfloat16")
+    assert sorted(os.listdir(tmp_path)) == ["new.json", "new.safetensors"]
+    kept = bundle.read_manifest(tmp_path / "new")
+    assert kept["sha256"] == old["sha256"] and kept["dtype"] == "float16"
+    bundle.verify_checksum(kept)
+    reloaded = params_of(bundle.load_bundle(tmp_path / "new", cfg, mesh, rules).vae)
+    for path, value in params_of(models.vae).items():
+        np.testing.assert_array_equal(reloaded[path], value.astype(np.float16).astype(np.float32))
+
+
+@pytest.mark.slow
+def test_frozen_text_is_one_shared_encoder_from_the_seed(tmp_path):
+    """text.trainable False: MTD runs hold no text; the bundle's one text encoder is the
+    seed's (what the runs trained against), the VAE the seed + 1 init (no --vae_workdir)."""
+    cfg = tiny_config()
+    cfg.text.trainable = False
+    for level in (0, 1):
+        save_run(tmp_path / f"mtd{level}", cfg, "mtd", level, seed=level)
+    out = tmp_path / "frozen"
+    manifest = export_hierarchy(cfg, out, mtd_workdirs=[str(tmp_path / "mtd0"),
+                                                        str(tmp_path / "mtd1")])  # fmt: skip
+    assert manifest["text_layout"] == "shared"
+    assert manifest["sources"]["text"] == {"kind": "random", "seed": 0, "frozen": True}
+    assert manifest["sources"]["vae"] == {"kind": "random", "seed": 1}
+    mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
+    models = bundle.load_bundle(out, cfg, mesh, rules)
+    init = parallel.create_sharded_model(
+        lambda: TextEncoder(cfg.text, cfg.compute, rngs=nnx.Rngs(cfg.seed)), mesh, rules
+    )
+    loaded, expected = params_of(models.text), params_of(init)
+    assert loaded.keys() == expected.keys()
+    for path in loaded:
+        np.testing.assert_array_equal(loaded[path], as_bf16(expected[path]), err_msg=path)
+    other = cfg.copy_and_resolve_references()
+    other.seed = 5  # a frozen byte encoder from another seed is another encoder
+    with pytest.raises(RunMismatchError, match="seed: run 0, bundle 5"):
+        export_hierarchy(other, tmp_path / "x", mtd_workdirs=[str(tmp_path / "mtd0"),
+                                                              str(tmp_path / "mtd1")])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_trained_runs_to_video_with_checkpoint(tmp_path):
+    """The real trainer, one step per network -> export -> `generate --checkpoint`: the
+    bundle holds the trainer's EMA and the video's report names the bundle."""
+    from nuwa_jax.data import synthetic
+    from nuwa_jax.train import train
+
+    data = tmp_path / "data"
+    synthetic.write_benchmark(data, episodes=2, frames=40, resolution=16)
+    cfg = tiny_config()
+    cfg.data.data_dir = str(data)
+    cfg.train.num_steps, cfg.train.warmup_steps = 10, 2
+    states = {}
+    for name, model, level in (("vae", "vae", 0), ("mtd0", "mtd", 0), ("mtd1", "mtd", 1)):
+        run_cfg = cfg.copy_and_resolve_references()
+        run_cfg.train.model, run_cfg.train.level = model, level
+        states[name] = train(run_cfg, tmp_path / name, max_steps=1)
+    out = tmp_path / "bundle" / "trained"
+    # The MTDs encoded with the trainer's frozen (seed + 1) VAE, not the VAE run's weights.
+    export_hierarchy(cfg, out, vae_workdir=str(tmp_path / "vae"), allow_vae_mismatch=True,
+                     mtd_workdirs=[str(tmp_path / "mtd0"), str(tmp_path / "mtd1")])  # fmt: skip
+    mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
+    models = bundle.load_bundle(out, cfg, mesh, rules)
+    for module, state, key in ((models.vae, "vae", "vae"), (models.mtds[1], "mtd1", "mtd"),
+                               (models.text_of(1), "mtd1", "text")):  # fmt: skip
+        ema = states[state].ema[key]
+        for path, value in params_of(module).items():
+            node = ema
+            for part in path.split("."):
+                node = node[int(part) if part.isdigit() and int(part) in node else part]
+            np.testing.assert_array_equal(value, as_bf16(node), err_msg=path)
+
+    weights, _ = bundle.bundle_paths(out)
+    cmd = [sys.executable, "-m", "nuwa_jax.generate", f"--checkpoint={weights}",
+           "--prompt=a small red circle walks left", "--frames=9", "--steps=2",
+           "--config.generation.max_segments_per_device=1", f"--out={tmp_path / 'video'}",
+           "--progress=false", "--gif=false"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": REPO}
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "video" / "video_timings.json").read_text())
+    assert report["weights"] == {"source": "bundle", "path": weights, "dtype": "bfloat16",
+                                 "sha256": bundle.sha256_of(weights)}  # fmt: skip
+    assert report["random_weights"] is False and report["num_frames"] == 9
+    bad = cmd[:-4] + ["--config.mtd.block_out_channels=(8,16)"]
+    refused = subprocess.run(bad, capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
+    assert refused.returncode == 2 and "mtd.block_out_channels" in refused.stderr

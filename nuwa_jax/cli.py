@@ -6,7 +6,10 @@ Each CLI does
     def main(argv): config = _CONFIG.value; ...
     if __name__ == "__main__": cli.run(main)
 
-so `--config=configs/x.py:arg --config.a.b=value` works for every CLI. ml-collections
+so `--config=configs/x.py:arg --config.a.b=value` works for every CLI. A module that is
+also imported as a library (describe, export, data.latents) defines its flags in a
+`_define_flags()` called by its entry point instead, so that importing two of them in one
+process (a test session) does not define `--config` twice. ml-collections
 already rejects a value of the wrong type (naming the flag); `define_config_flag` adds a
 check that
 every `--config.a.b` override names a key that exists, with the known keys in the error.

@@ -11,7 +11,6 @@ batch 1, per-frame prompts of text.max_length tokens.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -21,9 +20,6 @@ from absl import flags
 from flax import nnx
 
 from nuwa_jax import cli, parallel
-
-_CONFIG = cli.define_config_flag("configs/demo.py")
-_JSON = flags.DEFINE_string("json", None, "Also write the table to this JSON file.")
 
 
 def _abstract(make):
@@ -81,9 +77,17 @@ def describe(config: Any) -> dict[str, dict[str, float]]:
     return out
 
 
-def main(argv: list[str]) -> None:
+def _define_flags() -> dict[str, flags.FlagHolder]:
+    """The CLI's flags, defined only when it runs (importing `describe` defines none)."""
+    return dict(
+        config=cli.define_config_flag("configs/demo.py"),
+        json=flags.DEFINE_string("json", None, "Also write the table to this JSON file."),
+    )
+
+
+def main(argv: list[str], flag_values: dict[str, flags.FlagHolder]) -> None:
     del argv
-    config = _CONFIG.value
+    config = flag_values["config"].value
     table = describe(config)
     h = config.hierarchy
     levels = h.depth if not h.share_local_models else min(h.depth, 2)
@@ -97,16 +101,18 @@ def main(argv: list[str]) -> None:
     total = table["text"]["parameters"] + table["vae"]["parameters"]
     total += levels * table["mtd"]["parameters"]
     print(f"total with {levels} MTD(s): {total:,} parameters")
-    if _JSON.value:
-        with open(_JSON.value, "w") as f:
-            json.dump(dict(config=config.preset, components=table, total_parameters=total), f,
-                      indent=2)  # fmt: skip
+    if flag_values["json"].value:
+        from nuwa_jax.render import write_json  # atomic: temporary name, then rename
+
+        summary = dict(config=config.preset, components=table, total_parameters=total)
+        write_json(flag_values["json"].value, summary)
 
 
 def run() -> None:
     """Console-script entry point (`nuwa-describe`)."""
+    flag_values = _define_flags()
     parallel.initialize_distributed()
-    cli.run(main)
+    cli.run(lambda argv: main(argv, flag_values))
 
 
 if __name__ == "__main__":

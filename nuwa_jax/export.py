@@ -43,18 +43,6 @@ from absl import flags
 
 from nuwa_jax import cli, parallel
 
-_CONFIG = cli.define_config_flag()
-_VAE = flags.DEFINE_string("vae_workdir", None, "Trainer run of the T-KLVAE (train.model=vae).")
-_MTDS = flags.DEFINE_list(
-    "mtd_workdirs", None, "Trainer runs of the MTDs, level 0 (global) first, comma-separated."
-)
-_OUT = flags.DEFINE_string("out", None, "Bundle path: <dir>/<name> (.safetensors and .json).")
-_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float16"], "Stored dtype.")
-_RANDOM = flags.DEFINE_bool("random_weights", False, "Export the config's random init.")
-_ALLOW_VAE = flags.DEFINE_bool(
-    "allow_vae_mismatch", False, "Export even if an MTD learned another VAE's latents."
-)
-
 
 class RunMismatchError(ValueError):
     """A trainer run cannot go into this bundle (the message names the run and why)."""
@@ -350,28 +338,49 @@ def export_hierarchy(
 # ---------------------------------------------------------------------------------------
 # CLI.
 # ---------------------------------------------------------------------------------------
-def main(argv: list[str]) -> None:
+def _define_flags() -> dict[str, flags.FlagHolder]:
+    """The CLI's flags, defined only when it runs (importing the library defines none)."""
+    return dict(
+        config=cli.define_config_flag(),
+        vae=flags.DEFINE_string(
+            "vae_workdir", None, "Trainer run of the T-KLVAE (train.model=vae)."
+        ),
+        mtds=flags.DEFINE_list(
+            "mtd_workdirs",
+            None,
+            "Trainer runs of the MTDs, level 0 (global) first, comma-separated.",
+        ),
+        out=flags.DEFINE_string("out", None, "Bundle path: <dir>/<name> (.safetensors and .json)."),
+        dtype=flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float16"], "Stored dtype."),
+        random=flags.DEFINE_bool("random_weights", False, "Export the config's random init."),
+        allow_vae=flags.DEFINE_bool(
+            "allow_vae_mismatch", False, "Export even if an MTD learned another VAE's latents."
+        ),
+    )
+
+
+def main(argv: list[str], flag_values: dict[str, flags.FlagHolder]) -> None:
     if len(argv) > 1:
         raise SystemExit(f"error: unexpected arguments {argv[1:]}")
-    if not _OUT.value:
+    if not flag_values["out"].value:
         print("error: --out=PATH is required", file=sys.stderr)
         raise SystemExit(2)
     try:
         manifest = export_hierarchy(
-            _CONFIG.value,
-            _OUT.value,
-            vae_workdir=_VAE.value,
-            mtd_workdirs=_MTDS.value or (),
-            random_weights=_RANDOM.value,
-            dtype=_DTYPE.value,
-            allow_vae_mismatch=_ALLOW_VAE.value,
+            flag_values["config"].value,
+            flag_values["out"].value,
+            vae_workdir=flag_values["vae"].value,
+            mtd_workdirs=flag_values["mtds"].value or (),
+            random_weights=flag_values["random"].value,
+            dtype=flag_values["dtype"].value,
+            allow_vae_mismatch=flag_values["allow_vae"].value,
         )
     except (ValueError, FileNotFoundError) as e:  # BundleError, RunMismatchError, key errors
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     from nuwa_jax.hierarchy.bundle import bundle_paths
 
-    weights, manifest_path = bundle_paths(_OUT.value)
+    weights, manifest_path = bundle_paths(flag_values["out"].value)
     size = manifest.get("size_bytes", 0) / 1e6
     print(f"{weights}: {manifest['total_parameters']:,} parameters, {size:.1f} MB "
           f"({manifest['dtype']}), sha256 {manifest.get('sha256')}")  # fmt: skip
@@ -385,8 +394,9 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
+    flag_values = _define_flags()
     parallel.initialize_distributed()
-    cli.run(main)
+    cli.run(lambda argv: main(argv, flag_values))
 
 
 if __name__ == "__main__":

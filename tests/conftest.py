@@ -4,7 +4,10 @@ Every sharded code path runs on every test run. Nothing here imports jax before 
 flags are in place.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Cheap XLA:CPU compiles: tests compile far more than they run (a tiny MTD: 11 s -> 4 s to
 # compile, 2x slower to run). Subprocesses started by tests inherit these flags.
@@ -15,6 +18,14 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # keep TensorFlow off any accelerator
+
+# One persistent compilation cache for the whole session, subprocesses included (they
+# inherit the variables): the trainer, latent and bundle tests compile the same tiny train
+# steps and samplers many times over. Removed when the session ends.
+_CACHE = tempfile.mkdtemp(prefix="nuwa_jax_test_xla_cache_")
+atexit.register(shutil.rmtree, _CACHE, True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402
 

@@ -1,8 +1,8 @@
 """The trainer: a falling loss, exact resume, SIGTERM, NaN stop, samples, profile, bad-record
 counts, bf16 compute and the train-step benchmark (CPU, 8 simulated devices).
 
-Tiny models at 16 px, global batch 8. Compiles go through a persistent compilation cache
-shared by the tests of this file (the trainer is re-jitted by every `train` call).
+Tiny models at 16 px, global batch 8. Compiles go through the session's persistent compilation cache
+(tests/conftest.py; the trainer is re-jitted by every `train` call).
 """
 
 import glob
@@ -41,18 +41,12 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    """A persistent compilation cache for this module (restored afterwards)."""
-    path = str(tmp_path_factory.mktemp("jax_cache"))
-    old = (
-        jax.config.jax_compilation_cache_dir,
-        jax.config.jax_persistent_cache_min_compile_time_secs,
-    )
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield path
-    jax.config.update("jax_compilation_cache_dir", old[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+def cache_dir():
+    """The session's persistent compilation cache (tests/conftest.py): trainer runs with the
+    same config, here and in other modules and subprocesses, compile their step once."""
+    path = os.environ["JAX_COMPILATION_CACHE_DIR"]
+    assert jax.config.jax_compilation_cache_dir == path
+    return path
 
 
 def tiny_config(data_dir: str, model: str = "vae"):

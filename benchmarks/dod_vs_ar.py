@@ -16,10 +16,7 @@ MTD shared across local levels, so the number of networks stays two).
 
 from __future__ import annotations
 
-import datetime
-import json
 import os
-import platform
 import sys
 import time
 
@@ -27,6 +24,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import report  # noqa: E402
 from nuwa_jax import cli, parallel  # noqa: E402
 
 _CONFIG = cli.define_config_flag("configs/tiny.py")
@@ -106,18 +104,9 @@ def main(argv: list[str]) -> None:
     for r in rows:
         ratios = ", ".join(f"D={d}: {p['ar_over_dod']:.1f}x" for d, p in r["projection"].items())
         print(f"  N={r['num_frames']:5d}: {ratios}")
-    device = jax.devices()[0]
     result = dict(
         benchmark="dod_vs_ar",
-        date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        device=dict(
-            platform=device.platform,
-            kind=device.device_kind,
-            count=jax.device_count(),
-            host=platform.processor() or platform.machine(),
-            cpus=os.cpu_count(),
-        ),  # fmt: skip
-        versions=dict(jax=jax.__version__, python=platform.python_version()),
+        **report.environment(),
         config=config.preset,
         overrides=dict(
             depth=depth,
@@ -132,18 +121,10 @@ def main(argv: list[str]) -> None:
         mesh=dict(mesh.shape),
         chunk_segments=gen.chunk,
         seconds_per_one_segment_call=per_call,
-        load_average=os.getloadavg(),
         rows=rows,
     )
-    path = _OUT.value or os.path.join(
-        cli.repo_root(), "benchmarks", "results",
-        f"dod_vs_ar_{config.preset}_{device.platform}.json",
-    )  # fmt: skip
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".partial", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(path + ".partial", path)
-    print(f"wrote {path}")
+    name = f"dod_vs_ar_{config.preset}_{jax.devices()[0].platform}"
+    print(f"wrote {report.write_result(name, result, _OUT.value)}")
 
 
 if __name__ == "__main__":

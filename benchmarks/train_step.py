@@ -18,11 +18,8 @@ Writes benchmarks/results/train_step_<preset>_<platform>.json.
 
 from __future__ import annotations
 
-import datetime
-import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +28,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import report  # noqa: E402
 from nuwa_jax import cli, parallel  # noqa: E402
 
 _CONFIG = cli.define_config_flag("configs/tiny.py")
@@ -129,49 +127,29 @@ def time_model(config, model: str, mesh, rules, steps: int, warmup: int) -> dict
 
 def main(argv: list[str]) -> None:
     del argv
-    import flax
     import jax
     import optax
-
-    from nuwa_jax.data import schema
 
     config = _CONFIG.value
     mesh, rules = parallel.make_mesh(config.mesh), parallel.logical_rules(config)
     rows = [time_model(config, m, mesh, rules, _STEPS.value, _WARMUP.value) for m in _MODELS.value]
     device = jax.devices()[0]
+    env = report.environment()
+    env["versions"]["optax"] = optax.__version__
     result = dict(
         benchmark="train_step",
-        date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        device=dict(
-            platform=device.platform,
-            kind=device.device_kind,
-            count=jax.device_count(),
-            processes=jax.process_count(),
-            host=platform.processor() or platform.machine(),
-            cpus=os.cpu_count(),
-        ),
-        versions=dict(
-            jax=jax.__version__,
-            flax=flax.__version__,
-            optax=optax.__version__,
-            python=platform.python_version(),
-        ),
+        **env,
         config=config.preset,
         overrides=[a for a in sys.argv[1:] if a.startswith("--config.")],
         mesh=dict(mesh.shape),
         peak_bf16_tflops_per_device=peak_bf16_tflops(device.device_kind),
         timed_steps=_STEPS.value,
         warmup_steps=_WARMUP.value,
-        load_average=os.getloadavg(),
         rows=rows,
     )
-    path = _OUT.value or os.path.join(
-        cli.repo_root(), "benchmarks", "results",
-        f"train_step_{config.preset}_{device.platform}.json",
-    )  # fmt: skip
     if jax.process_index() == 0:
-        text = json.dumps(result, indent=2) + "\n"
-        schema.atomic_write_bytes(path, text.encode("utf-8"))
+        path = report.write_result(f"train_step_{config.preset}_{device.platform}", result,
+                                   _OUT.value)  # fmt: skip
         print(f"wrote {path}")
 
 

@@ -55,19 +55,7 @@ def read_run(workdir: str | os.PathLike, config: Any) -> tuple[str, int, dict[st
     """(absolute workdir, newest step, saved config JSON) of a trainer run."""
     from nuwa_jax.train import checkpoint as ckpt
 
-    workdir = os.path.abspath(os.fspath(workdir))
-    directory = os.path.join(workdir, ckpt.CHECKPOINT_DIR)
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{directory}: no checkpoints (not a trainer run's workdir?)")
-    checkpointer = ckpt.Checkpointer(workdir, config.train)
-    try:
-        step = checkpointer.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"{directory}: no finished checkpoint")
-        saved = checkpointer.restore_config(step)
-    finally:
-        checkpointer.close()
-    return workdir, int(step), saved
+    return ckpt.read_run(workdir, config.train)
 
 
 def _run_name(workdir: str, step: int) -> str:

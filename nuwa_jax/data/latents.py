@@ -193,18 +193,11 @@ def load_vae(
         return vae, dict(weights="pretrained", pretrained_dir=config.vae.pretrained_dir, **info)
     from nuwa_jax.train import checkpoint as ckpt
 
-    workdir = os.path.abspath(os.fspath(vae_workdir))
-    directory = os.path.join(workdir, ckpt.CHECKPOINT_DIR)
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"--vae_workdir: {directory}: no checkpoints (not a trainer run)")
-    checkpointer = ckpt.Checkpointer(workdir, config.train)
     try:
-        step = checkpointer.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"--vae_workdir: {directory}: no finished checkpoint")
-        saved = checkpointer.restore_config(step)
-    finally:
-        checkpointer.close()
+        workdir, step, saved = ckpt.read_run(vae_workdir, config.train)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"--vae_workdir: {e}") from None
+    directory = os.path.join(workdir, ckpt.CHECKPOINT_DIR)
     model = saved.get("train", {}).get("model")
     if model != "vae":
         raise ValueError(

@@ -142,3 +142,21 @@ def restore_ema(
     nnx.replace_by_pure_dict(params, restored["ema"])
     nnx.update(target, params)
     return int(step)
+
+
+def read_run(workdir: str | os.PathLike, train: Any) -> tuple[str, int, dict[str, Any]]:
+    """(absolute workdir, newest finished step, that step's saved config JSON) of a trainer
+    run; FileNotFoundError naming the directory when it holds no finished checkpoint."""
+    workdir = os.path.abspath(os.fspath(workdir))
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{directory}: no checkpoints (not a trainer run's workdir?)")
+    checkpointer = Checkpointer(workdir, train)
+    try:
+        step = checkpointer.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{directory}: no finished checkpoint")
+        saved = checkpointer.restore_config(step)
+    finally:
+        checkpointer.close()
+    return workdir, int(step), saved

@@ -411,6 +411,37 @@ def mardini_config(preset: str, size: str | None = None) -> ml_collections.Confi
     )
 
 
+def evaluate_config(preset: str) -> ml_collections.ConfigDict:
+    """Evaluation (nuwa_jax.evaluate, docs/evaluation.md): metrics and the offline feature nets.
+
+    `features`: 'synthetic' (networks trained on the synthetic benchmark by
+    `python -m nuwa_jax.evaluate.train_features`), 'standard' (InceptionV3 + I3D from
+    converted PyTorch weights) or 'none'; `feature_weights` is the synthetic networks'
+    .json or the directory of the standard ones. `net_*` configure the synthetic networks.
+    """
+    resolution = {"tiny": 32, "demo": 64, "flintstones_256": 256}.get(preset, 128)
+    return ml_collections.ConfigDict(
+        dict(
+            features="synthetic",  # 'synthetic' | 'standard' | 'none'
+            feature_weights="",
+            block_frames=16,  # Avg-FID / B-FVD-16 blocks
+            batch_size=64,  # frames per feature-extractor call
+            schedule="dod",  # coherence: schedule of videos without a timings JSON
+            colour_tolerance=40.0,  # adherence: RGB distance to a palette colour
+            iou_threshold=0.6,  # adherence: tolerant IoU of a detected character
+            # Offline feature networks (nuwa_jax.evaluate.synthetic_net / train_features).
+            net_input_size=min(resolution, 64),
+            net_feature_dim=256,
+            net_steps={"tiny": 200}.get(preset, 1500),
+            net_batch_size=32,  # frames per step (image network)
+            net_clip_batch_size=8,  # 16-frame clips per step (clip network)
+            net_learning_rate=2e-3,
+            net_eval_fraction=0.2,  # held out at the end of each episode (no --eval_data)
+            net_seed=0,
+        )
+    )
+
+
 def base(preset: str) -> ml_collections.ConfigDict:
     """The full config of a preset, every section filled."""
     if preset not in PRESETS:
@@ -430,4 +461,5 @@ def base(preset: str) -> ml_collections.ConfigDict:
     config.data = data_config(preset)
     config.mardini = mardini_config(preset)
     config.train = train_config(preset)
+    config.evaluate = evaluate_config(preset)
     return config

@@ -28,10 +28,13 @@ demo: venv
 	$(BIN)/python -m nuwa_jax.demo
 
 # Line 2 of the README: lint, format check and the whole test suite (8 simulated devices).
+# Two pytest workers (pytest-xdist), a test file per worker so module fixtures are shared:
+# most test time is single-threaded XLA:CPU compilation, so two cores take two at a time.
+TEST_WORKERS ?= 2
 test: venv-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: venv-dev
 	$(BIN)/ruff check .

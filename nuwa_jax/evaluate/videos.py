@@ -11,6 +11,7 @@ Every error names the file at fault.
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 from collections.abc import Iterator
@@ -24,8 +25,8 @@ from nuwa_jax.data import schema
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-class Video:
-    """A named sequence of (H, W, 3) uint8 frames, read in chunks."""
+class Video(abc.ABC):
+    """A named sequence of (H, W, 3) uint8 frames, read in chunks (subclasses say how)."""
 
     name: str
     path: str
@@ -35,8 +36,9 @@ class Video:
     captions: list[str] | None = None  # one per frame, when the source has them
     schedule: str | None = None  # 'dod' / 'ar' when the source says how it was generated
 
+    @abc.abstractmethod
     def chunks(self, size: int) -> Iterator[np.ndarray]:
-        raise NotImplementedError
+        """The frames in order, `size` at a time, as (k, H, W, 3) uint8 arrays."""
 
     def _check(self, frames: np.ndarray, where: str) -> np.ndarray:
         if frames.dtype != np.uint8 or frames.shape[1:] != (self.height, self.width, 3):

@@ -132,7 +132,7 @@ def test_exported_bundle_holds_each_runs_ema(runs, exported):
     out, manifest = exported
     weights, manifest_path = bundle.bundle_paths(out)
     assert sorted(os.listdir(out.parent)) == ["tiny.json", "tiny.safetensors"]
-    assert manifest["sha256"] == bundle.sha256_of(weights)
+    assert manifest["sha256"] == convert_common.sha256_file(weights)
     assert manifest["dtype"] == "bfloat16" and manifest["text_layout"] == "per_level"
     with open(manifest_path) as f:
         on_disk = json.load(f)
@@ -183,7 +183,7 @@ def test_checksum_mismatch_names_file_and_hashes(exported, tmp_path):
         bundle.load_bundle(copy, cfg, mesh, rules)
     message = str(e.value)
     assert str(tmp_path / "tiny.safetensors") in message and manifest["sha256"] in message
-    assert bundle.sha256_of(str(tmp_path / "tiny.safetensors")) in message
+    assert convert_common.sha256_file(str(tmp_path / "tiny.safetensors")) in message
 
 
 def rewrite(src, dst, edit):
@@ -198,7 +198,7 @@ def rewrite(src, dst, edit):
     new_weights, new_manifest = bundle.bundle_paths(dst)
     safetensors.numpy.save_file(tensors, new_weights, metadata=metadata)
     manifest = json.loads(open(manifest_path).read())
-    manifest["sha256"] = bundle.sha256_of(new_weights)
+    manifest["sha256"] = convert_common.sha256_file(new_weights)
     with open(new_manifest, "w") as f:
         json.dump(manifest, f)
 
@@ -381,7 +381,7 @@ def test_trained_runs_to_video_with_checkpoint(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads((tmp_path / "video" / "video_timings.json").read_text())
     assert report["weights"] == {"source": "bundle", "path": weights, "dtype": "bfloat16",
-                                 "sha256": bundle.sha256_of(weights)}  # fmt: skip
+                                 "sha256": convert_common.sha256_file(weights)}  # fmt: skip
     assert report["random_weights"] is False and report["num_frames"] == 4
     bad = cmd[:-4] + ["--config.mtd.block_out_channels=(8,16)"]
     refused = subprocess.run(bad, capture_output=True, text=True, cwd=REPO, timeout=300, env=env)

@@ -51,7 +51,7 @@ def test_weights_round_trip_and_tampering_is_refused(tmp_path):
     np.testing.assert_allclose(ours, direct, rtol=1e-5, atol=1e-6)
     clips = rng.integers(0, 256, (2, 16, 64, 64, 3), dtype=np.uint8)  # resized to 32 px
     assert ex.clip_features(clips).shape == (2, 24)
-    with pytest.raises(ValueError, match="takes 16 frames, got 8"):
+    with pytest.raises(ValueError, match="SyntheticFeatures: clips must have 16 frames, got 8"):
         ex.clip_features(clips[:, :8])
     with pytest.raises(ValueError, match=r"expected uint8 \(N, H, W, 3\)"):
         ex.image_features(images.astype(np.float32))

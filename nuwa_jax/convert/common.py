@@ -17,6 +17,7 @@ Used by every importer (VAE, UNet, CLIP). The pieces:
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import logging
 import os
@@ -296,3 +297,12 @@ def import_weights(
     return assign_weights(
         module, tensors, mapping, source=source, keep_init=keep_init, ignore=ignore
     )
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (checksums of weight files)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -63,6 +63,33 @@ def run_batched(fn: Callable[[np.ndarray], Any], x: np.ndarray, batch: int) -> n
     return np.concatenate(outs)
 
 
+class BatchedFeatures:
+    """The shared half of the extractors: uint8 frames -> features in fixed-size batches.
+
+    Subclasses set `_image` (N, H, W, 3) -> (N, D) and `_clip` (N, T, H, W, 3) -> (N, D)
+    (jitted), `batch_size` (frames per image call; clip calls take batch_size //
+    clip_frames clips) and `clip_frames`, and write their own `describe`.
+    """
+
+    _image: Callable[[np.ndarray], Any]
+    _clip: Callable[[np.ndarray], Any]
+    batch_size: int
+    clip_frames: int
+
+    def image_features(self, images: np.ndarray) -> np.ndarray:
+        images = check_frames(images, 4, f"{type(self).__name__}.image_features")
+        return run_batched(self._image, images, self.batch_size)
+
+    def clip_features(self, clips: np.ndarray) -> np.ndarray:
+        clips = check_frames(clips, 5, f"{type(self).__name__}.clip_features")
+        if clips.shape[1] != self.clip_frames:
+            raise ValueError(
+                f"{type(self).__name__}: clips must have {self.clip_frames} frames, "
+                f"got {clips.shape[1]}"
+            )
+        return run_batched(self._clip, clips, max(1, self.batch_size // self.clip_frames))
+
+
 def load_extractor(kind: str, weights: str, **kw: Any) -> FeatureExtractor:
     """'synthetic': `weights` is the trained network's JSON (or its .safetensors);
     'standard': a directory with the converted InceptionV3 and I3D safetensors files."""

@@ -8,12 +8,10 @@ PyTorch files, once, with torch. Nothing is downloaded, nothing is unpickled her
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any
 
-import numpy as np
-
+from nuwa_jax.convert import common as convert
 from nuwa_jax.evaluate import features as feats
 from nuwa_jax.evaluate import i3d as i3d_lib
 from nuwa_jax.evaluate import inception as inception_lib
@@ -23,15 +21,7 @@ INCEPTION_FILE = "inception_v3_fid.safetensors"
 I3D_FILE = "i3d_kinetics400.safetensors"
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-class StandardFeatures:
+class StandardFeatures(feats.BatchedFeatures):
     """FID / FVD features: InceptionV3 (2048-d) per frame, I3D (400 logits) per clip."""
 
     name = "standard"
@@ -64,23 +54,13 @@ class StandardFeatures:
                     f"{path}: missing; --features=standard needs {INCEPTION_FILE} and {I3D_FILE} "
                     "in the --feature_weights directory (see docs/evaluation.md)"
                 )
-        info = {name: _sha256(p) for name, p in paths.items()}
+        info = {name: convert.sha256_file(p) for name, p in paths.items()}
         return cls(
             inception_lib.load_inception(paths[INCEPTION_FILE]),
             i3d_lib.load_i3d(paths[I3D_FILE]),
             info=dict(weights_dir=weights_dir, sha256=info),
             **kw,
         )
-
-    def image_features(self, images: np.ndarray) -> np.ndarray:
-        images = feats.check_frames(images, 4, "StandardFeatures.image_features")
-        return feats.run_batched(self._image, images, self.batch_size)
-
-    def clip_features(self, clips: np.ndarray) -> np.ndarray:
-        clips = feats.check_frames(clips, 5, "StandardFeatures.clip_features")
-        if clips.shape[1] != self.clip_frames:
-            raise ValueError(f"I3D clips must have {self.clip_frames} frames, got {clips.shape[1]}")
-        return feats.run_batched(self._clip, clips, max(1, self.batch_size // self.clip_frames))
 
     def describe(self) -> dict[str, Any]:
         return dict(

@@ -37,7 +37,6 @@ Training: nuwa_jax/evaluate/train_features.py.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -256,14 +255,6 @@ def frame_labels(state: synthetic.EpisodeState, frames: np.ndarray) -> dict[str,
 # ---------------------------------------------------------------------------------------
 # Saving and loading.
 # ---------------------------------------------------------------------------------------
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def weight_paths(path: str | os.PathLike) -> tuple[str, str]:
     """(json, safetensors) of a weights stem, its .json or its .safetensors."""
     path = os.fspath(path)
@@ -292,7 +283,7 @@ def save(
         version=VERSION,
         config=image_net.config.to_json(),
         weights=os.path.basename(st_path),
-        sha256=_sha256(st_path),
+        sha256=convert.sha256_file(st_path),
         labels=dict(
             scenes=list(SCENE_NAMES),
             characters=[c.describe() for c in CHARACTERS],
@@ -331,7 +322,7 @@ def load(path: str | os.PathLike) -> tuple[ImageNet, ClipNet, dict[str, Any]]:
     st_path = os.path.join(os.path.dirname(json_path), meta["weights"])
     if not os.path.isfile(st_path):
         raise FileNotFoundError(f"{st_path}: weights named by {json_path} are missing")
-    digest = _sha256(st_path)
+    digest = convert.sha256_file(st_path)
     if digest != meta["sha256"]:
         raise ValueError(
             f"{st_path}: sha256 {digest[:16]}... does not match {json_path} "
@@ -347,7 +338,7 @@ def load(path: str | os.PathLike) -> tuple[ImageNet, ClipNet, dict[str, Any]]:
     return image_net, clip_net, meta
 
 
-class SyntheticFeatures:
+class SyntheticFeatures(feats.BatchedFeatures):
     """The FeatureExtractor of the trained synthetic-benchmark networks."""
 
     name = "synthetic"
@@ -376,16 +367,6 @@ class SyntheticFeatures:
             train_metrics=meta.get("train", {}).get("metrics", {}),
         )
         return cls(image_net, clip_net, info=info, **kw)
-
-    def image_features(self, images: np.ndarray) -> np.ndarray:
-        images = feats.check_frames(images, 4, "SyntheticFeatures.image_features")
-        return feats.run_batched(self._image, images, self.batch_size)
-
-    def clip_features(self, clips: np.ndarray) -> np.ndarray:
-        clips = feats.check_frames(clips, 5, "SyntheticFeatures.clip_features")
-        if clips.shape[1] != self.clip_frames:
-            raise ValueError(f"clip network takes {self.clip_frames} frames, got {clips.shape[1]}")
-        return feats.run_batched(self._clip, clips, max(1, self.batch_size // self.clip_frames))
 
     def describe(self) -> dict[str, Any]:
         return dict(

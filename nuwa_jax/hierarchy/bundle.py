@@ -31,7 +31,6 @@ fields must equal the bundle's.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -224,14 +223,6 @@ def bundle_tensors(models: HierarchyModels, dtype: str) -> dict[str, np.ndarray]
     return out
 
 
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_json(path: str, data: Any) -> None:
     with open(path, "w") as f:
         json.dump(data, f, indent=2, sort_keys=True)
@@ -306,7 +297,7 @@ def write_bundle(
         safetensors.numpy.save_file(tensors, tmp_weights, metadata=metadata)
         os.chmod(tmp_weights, 0o644)  # mkstemp's files are private; a bundle is shared
         _fsync(tmp_weights)
-        manifest["sha256"] = sha256_of(tmp_weights)
+        manifest["sha256"] = common.sha256_file(tmp_weights)
         manifest["size_bytes"] = os.path.getsize(tmp_weights)
         _write_json(tmp_manifest, manifest)
         os.chmod(tmp_manifest, 0o644)
@@ -368,7 +359,7 @@ def verify_checksum(manifest: Mapping[str, Any]) -> None:
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"bundle weights {weights} (named by {manifest['manifest_path']}) "
                                 "do not exist")  # fmt: skip
-    actual = sha256_of(weights)
+    actual = common.sha256_file(weights)
     if actual != manifest["sha256"]:
         raise ChecksumError(
             f"{weights}: sha256 {actual} does not match {manifest['sha256']} recorded in "

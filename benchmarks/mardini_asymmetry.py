@@ -45,32 +45,11 @@ _SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", 4, "DDIM steps of the sampl
 _OUT = flags.DEFINE_string("out", None, "JSON path (default benchmarks/results/...).")
 
 
-def _memory(compiled: Any) -> dict[str, int] | None:
-    ma = compiled.memory_analysis()
-    if ma is None:
-        return None
-    fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
-              "alias_size_in_bytes", "generated_code_size_in_bytes")  # fmt: skip
-    out = {f: int(getattr(ma, f, 0) or 0) for f in fields}
-    out["planned_peak_bytes"] = (
-        out["argument_size_in_bytes"] + out["output_size_in_bytes"]
-        + out["temp_size_in_bytes"] - out["alias_size_in_bytes"]
-    )  # fmt: skip
-    return out
-
-
 def _flops(compiled: Any) -> float | None:
     analysis = compiled.cost_analysis()
     if isinstance(analysis, list | tuple):
         analysis = analysis[0] if analysis else None
     return float(analysis["flops"]) if analysis and "flops" in analysis else None
-
-
-def _device_peak() -> int | None:
-    import jax
-
-    stats = jax.devices()[0].memory_stats()
-    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
 
 def _is_oom(error: Exception) -> bool:
@@ -128,16 +107,17 @@ def measure(config: Any, low_res_factor: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         compiled = step.lower(params, rest, latents, kept, key).compile()
         out["train_compile_seconds"] = time.perf_counter() - t0
-        out["train_memory"] = _memory(compiled)
+        out["train_memory"] = report.compiled_memory(compiled)
         out["train_step_gflops"] = (_flops(compiled) or float("nan")) / 1e9
-        jax.block_until_ready(compiled(params, rest, latents, kept, key))  # warm-up
-        times = []
-        for i in range(_REPEATS.value):
-            t0 = time.perf_counter()
-            jax.block_until_ready(compiled(params, rest, latents, kept, jax.random.key(i + 1)))
-            times.append(time.perf_counter() - t0)
+        with report.exclusive_device():
+            jax.block_until_ready(compiled(params, rest, latents, kept, key))  # warm-up
+            times = []
+            for i in range(_REPEATS.value):
+                t0 = time.perf_counter()
+                jax.block_until_ready(compiled(params, rest, latents, kept, jax.random.key(i + 1)))
+                times.append(time.perf_counter() - t0)
         out["train_step_seconds"] = float(np.median(times))
-        out["train_device_peak_bytes"] = _device_peak()
+        out["train_device_peak_bytes"] = report.device_peak_bytes()
     except Exception as e:  # noqa: BLE001  (an accelerator OOM is a result, not a crash)
         if not _is_oom(e):
             raise
@@ -157,11 +137,12 @@ def measure(config: Any, low_res_factor: int) -> dict[str, Any]:
                                 replace_known=True)  # fmt: skip
 
     sampler = jax.jit(sample).lower(params, rest, latents, kept, key).compile()
-    jax.block_until_ready(sampler(params, rest, latents, kept, key))
-    t0 = time.perf_counter()
-    jax.block_until_ready(sampler(params, rest, latents, kept, jax.random.key(1)))
-    out["sample_seconds"] = time.perf_counter() - t0
-    out["sample_memory"] = _memory(sampler)
+    with report.exclusive_device():
+        jax.block_until_ready(sampler(params, rest, latents, kept, key))
+        t0 = time.perf_counter()
+        jax.block_until_ready(sampler(params, rest, latents, kept, jax.random.key(1)))
+        out["sample_seconds"] = time.perf_counter() - t0
+    out["sample_memory"] = report.compiled_memory(sampler)
     return out
 
 

@@ -247,6 +247,24 @@ def test_unknown_attention_impl_is_an_error():
         layers.Attention(4, heads=1, head_dim=4, attention_impl="flash", rngs=nnx.Rngs(0))
 
 
+def test_cudnn_path_falls_back_where_cudnn_refuses_the_shapes():
+    """impl='cudnn' takes the XLA path for float32, odd masked lengths (MarDini's temporal
+    attention over 13 frames) and head dims cuDNN's flash kernel does not take, so the
+    result equals the XLA one (here on CPU, where cuDNN would fail)."""
+    sds = lambda t, d, dt: jnp.zeros((1, t, 2, d), dt)  # noqa: E731
+    mask = jnp.ones((1, 1, 13, 13), bool)
+    assert layers.cudnn_supported(sds(64, 32, jnp.bfloat16), sds(64, 32, jnp.bfloat16), None)
+    assert not layers.cudnn_supported(sds(64, 32, jnp.float32), sds(64, 32, jnp.float32), None)
+    assert not layers.cudnn_supported(sds(13, 32, jnp.bfloat16), sds(13, 32, jnp.bfloat16), mask)
+    assert layers.cudnn_supported(sds(13, 32, jnp.bfloat16), sds(13, 32, jnp.bfloat16), None)
+    assert not layers.cudnn_supported(sds(64, 12, jnp.bfloat16), sds(64, 12, jnp.bfloat16), None)
+    q, k, v = (rand(i, 1, 13, 2, 8) for i in range(3))
+    np.testing.assert_array_equal(
+        layers.dot_product_attention(q, k, v, mask=mask, impl="cudnn"),
+        layers.dot_product_attention(q, k, v, mask=mask, impl="xla"),
+    )
+
+
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
 def test_cudnn_attention_matches_xla():
     q, k, v = (rand(i, 2, 64, 4, 32).astype(jnp.bfloat16) for i in range(3))

@@ -488,6 +488,16 @@ class Upsample2D(nnx.Module):
 # ---------------------------------------------------------------------------------------
 # Attention.
 # ---------------------------------------------------------------------------------------
+def cudnn_supported(q: jax.Array, k: jax.Array, mask: jax.Array | None) -> bool:
+    """Whether cuDNN's fused (flash) attention takes these shapes, as jax checks them:
+    half precision, a head dim <= 256 and a multiple of 8, and with a mask (a bias to
+    cuDNN) even query and key lengths (its training kernels need them)."""
+    head_dim, tq, tk = q.shape[-1], q.shape[1], k.shape[1]
+    if q.dtype not in (jnp.bfloat16, jnp.float16) or head_dim > 256 or head_dim % 8:
+        return False
+    return mask is None or (tq % 2 == 0 and tk % 2 == 0)
+
+
 def dot_product_attention(
     q: jax.Array,
     k: jax.Array,
@@ -500,8 +510,12 @@ def dot_product_attention(
 
     impl 'xla': plain einsums with float32 logits and softmax (runs everywhere);
     'cudnn': jax.nn.dot_product_attention(implementation='cudnn') (fused, NVIDIA GPUs,
-    half precision). `mask`: boolean, True = attend, broadcastable to (B, heads, Tq, Tk).
+    half precision) where cuDNN's flash kernel takes the shapes (`cudnn_supported`), else
+    the 'xla' path, e.g. MarDini's masked temporal attention over an odd frame count.
+    `mask`: boolean, True = attend, broadcastable to (B, heads, Tq, Tk).
     """
+    if impl == "cudnn" and not cudnn_supported(q, k, mask):
+        impl = "xla"
     if impl == "xla":
         scale = 1.0 / math.sqrt(q.shape[-1])
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
@@ -710,14 +724,29 @@ class TimestepEmbedding(nnx.Module):
 # Rematerialisation.
 # ---------------------------------------------------------------------------------------
 def maybe_remat(fn: Callable[..., Any], policy: str) -> Callable[..., Any]:
-    """`fn` wrapped in nnx.remat by policy name: 'none' (as is), 'full' (save nothing),
-    'dots' (save matmul outputs without batch dims). Call it with the module as an argument,
-    e.g. maybe_remat(lambda block, x, t: block(x, t), policy)(block, x, t).
+    """`fn` rematerialised by policy name: 'none' (as is), 'full' (save nothing),
+    'dots' (save matmul outputs without batch dims). Call it with the module as the first
+    argument, e.g. maybe_remat(lambda block, x, t: block(x, t), policy)(block, x, t).
+
+    Functional, not nnx.remat: the module is split, and jax.checkpoint runs a pure
+    function that merges it and calls `fn`, returning the output only. The blocks are
+    stateless in their forward pass, so no state flows back; and no Variable is mutated
+    across trace levels (nnx.remat's write-back fails for a frozen network merged inside
+    jit/grad with newer flax: TraceContextError).
     """
     if policy == "none":
         return fn
-    if policy == "full":
-        return nnx.remat(fn)
-    if policy == "dots":
-        return nnx.remat(fn, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
-    raise ValueError(f"remat policy {policy!r} is not one of {REMAT_POLICIES}")
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"remat policy {policy!r} is not one of {REMAT_POLICIES}")
+    dots = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    saveable = None if policy == "full" else dots  # None: save nothing
+
+    def rematerialised(module: nnx.Module, *args: Any) -> Any:
+        graphdef, state = nnx.split(module)
+
+        def pure(state: nnx.State, *args: Any) -> Any:
+            return fn(nnx.merge(graphdef, state), *args)
+
+        return jax.checkpoint(pure, policy=saveable)(state, *args)
+
+    return rematerialised

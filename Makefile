@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: venv venv-dev demo test lint format describe clean
+.PHONY: venv venv-dev demo train-demo test lint format describe clean
 
 venv: $(VENV)/.runtime
 venv-dev: $(VENV)/.dev
@@ -19,13 +19,18 @@ $(VENV)/.runtime: requirements.txt pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --no-deps -e . --config-settings editable_mode=compat
 	touch $@
 
-$(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
+$(VENV)/.dev: requirements-dev.txt requirements-dev-nodeps.txt $(VENV)/.runtime
 	$(PIP) install -r requirements-dev.txt
+	$(PIP) install --no-deps -r requirements-dev-nodeps.txt
 	touch $@
 
 # Line 1 of the README: the main job on the embedded default (no downloads, CPU is enough).
 demo: venv
 	$(BIN)/python -m nuwa_jax.demo
+
+# Trains the demo hierarchy and exports its bundle (resumable: rerun to continue).
+train-demo: venv
+	bash launch/train_demo.sh runs/demo
 
 # Line 2 of the README: lint, format check and the whole test suite (8 simulated devices).
 # Two pytest workers (pytest-xdist), a test file per worker so module fixtures are shared:

@@ -77,7 +77,7 @@ def compute_config(preset: str) -> ml_collections.ConfigDict:
 
 def hierarchy_config(preset: str) -> ml_collections.ConfigDict:
     """Diffusion over Diffusion (nuwa_jax.hierarchy): L frames per call, depth m."""
-    frames = {"tiny": 4, "demo": 8}.get(preset, 16)
+    frames = {"tiny": 4}.get(preset, 16)  # demo: L = 16, depth 3 -> N = 3376 frames
     depth = {"tiny": 2}.get(preset, 3)
     return ml_collections.ConfigDict(
         dict(
@@ -85,7 +85,11 @@ def hierarchy_config(preset: str) -> ml_collections.ConfigDict:
             depth=depth,
             # One MTD per level (the paper), or one local MTD shared by all local levels,
             # told its level by mtd.num_level_embeddings (>= depth - 1).
-            share_local_models=False,
+            share_local_models=preset == "demo",  # demo: half the local weights to ship
+            # The model of every local level: 'mtd' (NUWA-XL) or 'mardini' (MarDini's
+            # planner + generator, plan then DDIM; needs frames_per_call ==
+            # mardini.num_frames). The global level is always the text-conditioned MTD.
+            local_backbone="mtd",
         )
     )
 
@@ -121,7 +125,7 @@ def mtd_config(preset: str) -> ml_collections.ConfigDict:
     transformer and the multi-scale, symmetric condition injection of the paper.
     """
     sd = preset.startswith("flintstones")
-    widths = {"tiny": (32, 64), "demo": (64, 128, 128)}.get(preset, (320, 640, 1280, 1280))
+    widths = {"tiny": (32, 64), "demo": (40, 80, 80)}.get(preset, (320, 640, 1280, 1280))
     down = ("CrossAttnDownBlock2D",) * (len(widths) - 1) + ("DownBlock2D",)
     up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (len(widths) - 1)
     return ml_collections.ConfigDict(
@@ -173,7 +177,7 @@ def diffusion_config(preset: str) -> ml_collections.ConfigDict:
             set_alpha_to_one=False,  # DDIM: alpha-bar after the last step (SD: False)
             prediction="epsilon",  # 'epsilon' | 'v'
             sampler="ddpm" if paper else "ddim",  # 'ddpm' | 'ddim'
-            num_sampling_steps={"tiny": 3, "demo": 25}.get(preset, 50),
+            num_sampling_steps={"tiny": 3, "demo": 10}.get(preset, 50),  # demo: 3376 frames, ~7 min
             timestep_spacing="leading",  # 'leading' | 'trailing'
             steps_offset=1,
             eta=0.0,  # DDIM stochasticity (0: deterministic)
@@ -224,7 +228,7 @@ def data_config(preset: str) -> ml_collections.ConfigDict:
     `data_dir` / `eval_data_dir` are frame-store directories (metadata.json + shards,
     see docs/data.md); read them with `schema.FrameStore(dir, skip_bad=skip_bad)`.
     """
-    resolution = {"tiny": 32, "demo": 64, "flintstones_256": 256}.get(preset, 128)
+    resolution = {"tiny": 32, "demo": 32, "flintstones_256": 256}.get(preset, 128)
     return ml_collections.ConfigDict(
         dict(
             # 'synthetic': render the benchmark into data_dir if it has no metadata.json;
@@ -305,19 +309,31 @@ def vae_config(preset: str) -> ml_collections.ConfigDict:
 def train_config(preset: str) -> ml_collections.ConfigDict:
     """Training (nuwa_jax.train): what is trained, optimiser, EMA, checkpoints, logging.
 
-    `model` 'vae' trains the T-KLVAE (L1 + kl_weight * KL); 'mtd' trains the MTD of
-    hierarchy level `level` (0 = global) on that level's windows, with a frozen VAE.
+    `model` 'vae' trains the T-KLVAE (L1 + kl_weight * KL, optionally + LPIPS and a
+    patch-GAN term); 'mtd' trains the MTD of
+    hierarchy level `level` (0 = global) on that level's windows, with a frozen VAE;
+    'mardini' trains MarDini, stage `mardini_stage` of mardini.curriculum (whose steps
+    replace num_steps), on clips of consecutive frames, with a frozen VAE.
     The batch is data.batch_size (global); the schedule is AdamW with linear warm-up and
     cosine decay to final_lr_ratio * learning_rate at num_steps.
     """
-    tiny = preset == "tiny"
     return ml_collections.ConfigDict(
         dict(
-            model="mtd",  # 'vae' | 'mtd'
+            model="mtd",  # 'vae' | 'mtd' | 'mardini'
             level=0,  # 'mtd': hierarchy level whose MTD is trained (0 = global)
+            mardini_stage="joint",  # 'mardini': 'planner' | 'generator' | 'joint'
+            # Workdir of an earlier run of the same model (e.g. the previous curriculum
+            # stage): a run with no checkpoint of its own starts from that run's newest
+            # params (EMA too); the optimiser and the data start fresh ('' = random init).
+            init_from="",
+            # 'mtd' / 'mardini': training latents are a sample of the frozen VAE's posterior
+            # (True, LDM) or its mean (False; e.g. an untrained VAE, whose posterior is
+            # mostly noise).
+            sample_posterior=True,
+            # demo: launch/train_demo.sh gives each model its own num_steps.
             num_steps={"tiny": 200, "demo": 20000}.get(preset, 200000),
-            learning_rate=1e-3 if tiny else 1e-4,
-            warmup_steps={"tiny": 10, "demo": 500}.get(preset, 5000),
+            learning_rate={"tiny": 1e-3, "demo": 3e-4}.get(preset, 1e-4),
+            warmup_steps={"tiny": 10, "demo": 200}.get(preset, 5000),
             final_lr_ratio=0.1,  # cosine decay ends at this share of learning_rate
             adam_b1=0.9,
             adam_b2=0.999,
@@ -325,15 +341,26 @@ def train_config(preset: str) -> ml_collections.ConfigDict:
             weight_decay=0.01,
             grad_clip_norm=1.0,  # global-norm clipping (0: off)
             grad_accum_steps=1,  # micro-batches per optimiser update (optax.MultiSteps)
-            ema_decay=0.99 if tiny else 0.9999,  # EMA of parameters (0: EMA = params)
+            # EMA of parameters (0: EMA = params); demo runs are thousands of steps.
+            ema_decay={"tiny": 0.99, "demo": 0.999}.get(preset, 0.9999),
             # 'vae': loss = L1 + kl_weight * KL (KL summed per frame, averaged over frames).
             kl_weight=1e-6,
-            # LPIPS / patch-GAN terms need pretrained weights that cannot be had offline:
-            # any value other than 0 is refused with an error.
+            # 'vae' extra terms (docs/training.md): + perceptual_weight * LPIPS(recon, video),
+            # the frozen VGG16 LPIPS from `perceptual_weights`, a file written by
+            # `python -m nuwa_jax.convert.lpips` (never downloaded; required when > 0).
             perceptual_weight=0.0,
+            perceptual_weights="",
+            # + adversarial_weight * patch-GAN generator loss from adversarial_start_step on
+            # (LDM's disc_start; the discriminator's hinge loss starts there too). The
+            # discriminator (nuwa_jax.models.discriminator) trains from scratch in the same
+            # step and optimiser; `discriminator_layers` stride-2 convs, base width
+            # `discriminator_channels`.
             adversarial_weight=0.0,
+            adversarial_start_step={"tiny": 0, "demo": 5000}.get(preset, 50000),
+            discriminator_layers=3,
+            discriminator_channels={"tiny": 16}.get(preset, 64),
             log_every={"tiny": 1}.get(preset, 50),  # steps between scalar writes
-            checkpoint_every={"tiny": 50, "demo": 1000}.get(preset, 5000),
+            checkpoint_every={"tiny": 50, "demo": 250}.get(preset, 5000),
             keep_checkpoints=3,  # the newest n are kept
             async_checkpointing=True,
             # orbax's replica-parallel saving of replicated arrays (process-wide switch;
@@ -348,7 +375,7 @@ def train_config(preset: str) -> ml_collections.ConfigDict:
             sample_steps=0,
             # Profiler (lead process, clu periodic_actions.Profile): trace this many steps
             # after step `profile_first_step` into workdir/plugins/profile (0: off).
-            profile_steps=0 if tiny else 5,
+            profile_steps=5 if preset.startswith("flintstones") else 0,
             profile_first_step=10,  # the trace starts after this step (compiles are done)
             # Tests only: step whose loss is made NaN (-1: never), to exercise the NaN stop.
             debug_nan_at_step=-1,
@@ -407,8 +434,62 @@ def mardini_config(preset: str, size: str | None = None) -> ml_collections.Confi
             rope_theta=10000.0,
             norm_eps=1e-6,
             signal_dropout=0.1,  # CFG training: share of examples given the null signal
+            # Generation (nuwa_jax.mardini_tasks, MarDini locals of the hierarchy): the
+            # `diffusion` section's schedule and step count with this sampler, and
+            # classifier-free guidance on the planning signal per task (the paper: 2.5
+            # for image-to-video, none for interpolation; the hierarchy's MarDini locals
+            # use 'interpolation'). v-prediction, as MarDini is trained.
+            sampler="ddim",
+            guidance=dict(
+                interpolation=1.0,
+                image_to_video=2.5,
+                video_expansion=2.5,
+                arbitrary=2.5,
+                slow_motion=1.0,
+            ),
+            # Training (train.model='mardini', nuwa_jax.train.curriculum): the loss on the
+            # generated frames only, with this parameterisation ('v': the paper).
+            prediction="v",
+            # Share of training examples given one of the named task masks `train_tasks`
+            # (nuwa_jax.tasks; video_expansion keeps the first half) instead of a random set.
+            task_share=0.25,
+            train_tasks=("interpolation", "image_to_video", "video_expansion"),
+            curriculum=mardini_curriculum(preset),
         )
     )
+
+
+def mardini_curriculum(preset: str) -> ml_collections.ConfigDict:
+    """MarDini's training stages (nuwa_jax.train.curriculum); train.mardini_stage picks one.
+
+    Per stage: `steps` (replaces train.num_steps), the share of kept frames drawn uniformly
+    in [kept_min, kept_max], `num_frames` per clip (replaces mardini.num_frames; 0: the
+    size's) and the `resolution` frames are resized to (data.resolution is what they are
+    stored at; 0: that). Paper: clips 4 -> 9 -> 17 frames, kept 35-100% -> 6-30%, 256 ->
+    512 -> 1024 px; the middle stage's kept range and all step counts are our choices.
+    """
+    stage = lambda steps, lo, hi, frames, res: dict(  # noqa: E731
+        steps=steps, kept_min=lo, kept_max=hi, num_frames=frames, resolution=res
+    )
+    if preset == "tiny":  # smoke runs: 16 / 32 px (8x8 latents with the tiny f4 VAE)
+        rows = dict(
+            planner=stage(50, 0.35, 1.0, 4, 16),
+            generator=stage(50, 0.2, 0.6, 0, 32),
+            joint=stage(100, 0.06, 0.3, 0, 32),
+        )
+    elif preset == "demo":
+        rows = dict(
+            planner=stage(2000, 0.35, 1.0, 4, 32),
+            generator=stage(5000, 0.15, 0.6, 0, 64),
+            joint=stage(10000, 0.06, 0.3, 0, 64),
+        )
+    else:  # S: 9 frames in the last stage, L: 17
+        rows = dict(
+            planner=stage(50000, 0.35, 1.0, 4, 256),
+            generator=stage(50000, 0.15, 0.6, 9, 512),
+            joint=stage(100000, 0.06, 0.3, 0, 1024),
+        )
+    return ml_collections.ConfigDict(rows)
 
 
 def evaluate_config(preset: str) -> ml_collections.ConfigDict:
@@ -419,7 +500,7 @@ def evaluate_config(preset: str) -> ml_collections.ConfigDict:
     converted PyTorch weights) or 'none'; `feature_weights` is the synthetic networks'
     .json or the directory of the standard ones. `net_*` configure the synthetic networks.
     """
-    resolution = {"tiny": 32, "demo": 64, "flintstones_256": 256}.get(preset, 128)
+    resolution = {"tiny": 32, "demo": 32, "flintstones_256": 256}.get(preset, 128)
     return ml_collections.ConfigDict(
         dict(
             features="synthetic",  # 'synthetic' | 'standard' | 'none'

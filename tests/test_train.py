@@ -357,6 +357,25 @@ def test_train_step_benchmark_writes_its_json(cache_dir, tmp_path):
     assert row["model"] == "vae" and row["resolution"] == 16 and row["mfu"] is None
     assert len(row["step_seconds_all"]) == 2 and row["step_seconds"] > 0
     assert row["examples_per_s"] == pytest.approx(8 / row["step_seconds"])
-    assert row["flops_per_step"] > 0 and np.isfinite(row["loss"])
-    tflops = row["flops_per_step"] / row["step_seconds"] / 8 / 1e12
+    assert np.isfinite(row["loss"]) and row["xla_flops_source"] == "lowered"
+    # Model FLOPs (describe's analytic forwards, x3 for the trained VAE) against XLA's count
+    # of the lowered step (no remat on CPU): the same work, counted two ways.
+    assert row["model_flops_per_step"] == pytest.approx(row["xla_flops_per_step"], rel=0.05)
+    tflops = row["model_flops_per_step"] / row["step_seconds"] / 8 / 1e12
     assert row["tflops_per_s_per_device"] == pytest.approx(tflops)
+
+
+@pytest.mark.parametrize(
+    "share, level, want", [(True, 0, [0]), (True, 2, [1, 2]), (True, 1, [1, 2]), (False, 2, [2])]
+)
+def test_shared_local_mtd_trains_on_every_local_level(share, level, want):
+    """hierarchy.share_local_models: the local run reads the windows of every local level,
+    and its batches carry each window's level (the level embedding's id is level - 1)."""
+    cfg = common.base("tiny")
+    cfg.hierarchy.depth = 3
+    cfg.hierarchy.share_local_models = share
+    cfg.train.level = level
+    _, levels, _ = trainer_lib.data_windows(cfg)
+    assert levels == want
+    assert trainer_lib.shares_local_model(cfg) == (share and level > 0)
+    assert "level" in trainer_lib.BATCH_KEYS

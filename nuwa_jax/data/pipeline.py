@@ -384,6 +384,7 @@ def make_dataset(
     process_count: int | None = None,
     transform: Callable[[Example], Example] | None = None,
     decode_images: bool = True,
+    resolution: int | None = None,
 ) -> grain.IterDataset:
     """This host's infinite, shuffled stream of training batches (a grain IterDataset).
 
@@ -399,6 +400,8 @@ def make_dataset(
       process_index, process_count: default jax.process_index() / process_count().
       transform: per-example hook (latents; see the module docstring).
       decode_images: False leaves out 'video' (a transform supplies what the model eats).
+      resolution: side of the frames in 'video' (default data.resolution; frames are
+        centre-cropped and resized to it, e.g. a MarDini curriculum stage's resolution).
     """
     data = config.data
     plan = plan_from_config(config) if plan is None else plan
@@ -436,7 +439,7 @@ def make_dataset(
         plan,
         index,
         tokenizer,
-        resolution=data.resolution,
+        resolution=data.resolution if resolution is None else resolution,
         skip_bad=data.skip_bad,
         max_bad_retries=data.max_bad_retries,
         decode_images=decode_images,

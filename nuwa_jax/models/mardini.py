@@ -42,6 +42,11 @@ mask that layers.dot_product_attention takes for 'xla' and 'cudnn').
 
 Classifier-free guidance: a learned `null_signal` (C_low,) replaces a whole clip's
 planning signals with probability `signal_dropout` in training (`MarDini.drop_signal`).
+
+Training (nuwa_jax.train.curriculum, losses.mardini_loss): v-prediction (mardini.prediction),
+the loss masked to the generated frames. The planner's own stage (masked reconstruction)
+reads its signals through `reconstruct`: a linear head (signal_dim -> low-res latent
+patches, `recon_head`) used by that stage only.
 """
 
 from __future__ import annotations
@@ -543,6 +548,16 @@ class MarDini(nnx.Module):
         self.generator = Generator(config, compute, rngs=rngs)
         self.null_signal = layers.param(rngs, _small_init, (d.signal_dim,), ("norm",), param_dtype)
         self.low_res_factor = int(config.low_res_factor)
+        # The planner stage's masked reconstruction: signal -> a low-res latent patch.
+        p = int(config.planner_patch_size)
+        self.recon_head = layers.Dense(
+            d.signal_dim,
+            p * p * d.latent_channels,
+            names=("mlp", "kernel"),
+            dtype=self.planner.dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
 
     def plan(self, latents: jax.Array, kept: jax.Array,
              low_res: jax.Array | None = None) -> jax.Array:  # fmt: skip
@@ -562,6 +577,14 @@ class MarDini(nnx.Module):
         """v-prediction: x (B, L, H, W, C) with the kept frames clean, t (B,), latents the
         clean clip (only its kept frames matter), kept (B, L) bool."""
         return self.denoise(x, t, self.plan(latents, kept, low_res), kept)
+
+    def reconstruct(self, signals: jax.Array, low_res_shape: tuple[int, ...]) -> jax.Array:
+        """The planner stage's prediction of the low-res latents (B, L, h, w, C) of every
+        frame from its planning signals (B, L, N_low, C_low); `low_res_shape` is (.., h, w, C)
+        of the planner's input."""
+        h, w = low_res_shape[-3], low_res_shape[-2]
+        p = self.planner.patch
+        return unpatchify(self.recon_head(signals), (h // p, w // p), p)
 
     def drop_signal(self, key: jax.Array, signals: jax.Array, rate: float) -> jax.Array:
         """Replaces each example's planning signals by the null signal with prob. `rate`."""

@@ -94,14 +94,18 @@ def abstract_like(state: Any, shardings: Any) -> Any:
 
 
 def restore_ema(
-    workdir: str | os.PathLike, modules: dict[str, Any], step: int | None = None
+    workdir: str | os.PathLike,
+    modules: dict[str, Any],
+    step: int | None = None,
+    item: str = "ema",
 ) -> int:
     """Writes the EMA weights of a training run into `modules`; returns the step used.
+    (`item='params'`: the trained parameters instead, e.g. train.init_from.)
 
     `modules` maps the names the run trained them under (e.g. {'vae': vae} for
     train.model='vae') to freshly built modules of the same architecture; each variable
-    is restored in the sharding it has now, and only the `ema` subtree of the newest
-    (or `step`) checkpoint is read (an orbax partial restore). Raises FileNotFoundError
+    is restored in the sharding it has now, and only the `ema` (`item`) subtree of the
+    newest (or `step`) checkpoint is read (an orbax partial restore). Raises FileNotFoundError
     naming the directory if the run has no checkpoint, ValueError naming the missing
     or mismatched entries otherwise.
     """
@@ -124,22 +128,24 @@ def restore_ema(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
         nnx.to_pure_dict(params),
     )
-    item = {"ema": abstract}
+    if item not in ("ema", "params"):
+        raise ValueError(f"restore_ema: item={item!r} must be 'ema' or 'params'")
+    target_item = {item: abstract}
     path = os.path.join(directory, str(step), "state")
     try:
         restored = ocp.PyTreeCheckpointer().restore(
             path,
             args=ocp.args.PyTreeRestore(
-                item=item,
-                restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                item=target_item,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(target_item),
                 partial_restore=True,
             ),
         )
     except (KeyError, ValueError) as e:
         raise ValueError(
-            f"{path}: cannot restore the EMA of {sorted(modules)} from step {step}: {e}"
+            f"{path}: cannot restore the {item} of {sorted(modules)} from step {step}: {e}"
         ) from e
-    nnx.replace_by_pure_dict(params, restored["ema"])
+    nnx.replace_by_pure_dict(params, restored[item])
     nnx.update(target, params)
     return int(step)
 

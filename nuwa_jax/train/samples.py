@@ -11,6 +11,9 @@ replicated), so successive samples show the same clip; the networks are the EMA 
   with `train.sample_steps` reverse steps (0: diffusion.num_sampling_steps) and a fixed
   noise key; decoded by the frozen VAE. `filmstrip`: the data clip (top) above the sample
   (bottom); `keyframes`: the sampled frames as a contact sheet.
+- 'mardini': the clip's middle frames interpolated from its first and last
+  (`hierarchy.generator.sample_mardini_level`: plan, then the generator's reverse steps with
+  v-prediction and mardini.guidance.interpolation), decoded; the same two images.
 
 The sampling function is jitted once per run (same shapes every time). PNGs are written
 atomically (`video_io`) by process 0 as `samples/<step>_<name>.png`.
@@ -28,8 +31,12 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from nuwa_jax import video_io
-from nuwa_jax.hierarchy.generator import sample_level
+from nuwa_jax import tasks, video_io
+from nuwa_jax.hierarchy.generator import (
+    mardini_diffusion_config,
+    sample_level,
+    sample_mardini_level,
+)
 
 SAMPLES_DIR = "samples"
 SAMPLE_KEYS = ("video", "tokens", "cond_mask")
@@ -54,6 +61,8 @@ class Sampler:
     def __init__(self, config: Any, train_step: Any, batch: dict, tokenizer: Any, mesh: Any):
         self.model = config.train.model
         self.frames_per_call = config.hierarchy.frames_per_call
+        if self.model == "mardini":  # the run's clips (its stage's, curriculum.resolve)
+            self.frames_per_call = batch["video"].shape[1]
         self.traces = 0  # times the sampling function was traced (once per run)
         replicated = NamedSharding(mesh, PartitionSpec())
         clip = {k: batch[k] for k in SAMPLE_KEYS}
@@ -66,6 +75,10 @@ class Sampler:
         null = jnp.asarray(np.asarray(tokenizer([""]))[0])
         level_id = train_step.level_id
         seed = config.seed
+        if self.model == "mardini":
+            mcfg = mardini_diffusion_config(config, config.mardini.guidance.interpolation)
+            mcfg.num_sampling_steps = dcfg.num_sampling_steps
+            kept = jnp.asarray(tasks.interpolation(self.frames_per_call))[None]
 
         def run(params, frozen_state, clip):
             self.traces += 1
@@ -76,6 +89,10 @@ class Sampler:
                 return video, jnp.clip(recon, -1.0, 1.0)
             latents = vae.encode_to_latents(video)
             keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), _NOISE_SALT), 1)
+            if self.model == "mardini":
+                known = jnp.where(kept[:, :, None, None, None], latents, 0)
+                z = sample_mardini_level(nets["mardini"], known, kept, keys, mcfg)
+                return video, jnp.clip(vae.decode_latents(z), -1.0, 1.0)
             levels = None if level_id is None else jnp.full((1,), level_id, jnp.int32)
             z = sample_level(nets["mtd"], nets["text"], clip["tokens"], latents,
                              clip["cond_mask"], keys, null, dcfg, levels)  # fmt: skip
@@ -90,7 +107,7 @@ class Sampler:
         real, made = (_host(x)[0] for x in self._run(params, self._frozen_state, self.clip))
         L = self.frames_per_call
         out = {"filmstrip": (np.concatenate([real, made]), L)}
-        if self.model == "mtd":
+        if self.model in ("mtd", "mardini"):
             out["keyframes"] = (made, math.ceil(math.sqrt(L)))
         return out
 

@@ -46,12 +46,14 @@ def learning_rate_schedule(train: Any) -> optax.Schedule:
     )
 
 
-def make_optimizer(train: Any) -> optax.GradientTransformation:
+def make_optimizer(train: Any, labels: Any = None) -> optax.GradientTransformation:
     """clip(global norm) -> AdamW(schedule); wrapped in MultiSteps for accumulation.
 
     With grad_accum_steps = k each train step is a micro-step: gradients are averaged
     over k batches and the parameters change on every k-th step only (the schedule counts
-    optimiser updates).
+    optimiser updates). `labels`: a tree like the params of 'trained' / 'frozen' (or a
+    function of the params giving it): frozen parameters get zero updates (no weight
+    decay either, no optimiser state) and are left out of the clipping norm.
     """
     if train.grad_accum_steps < 1:
         raise ValueError(f"train.grad_accum_steps={train.grad_accum_steps} must be >= 1")
@@ -68,16 +70,20 @@ def make_optimizer(train: Any) -> optax.GradientTransformation:
         )
     )
     tx = optax.chain(*chain)
+    if labels is not None:
+        tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
     if train.grad_accum_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=train.grad_accum_steps)
     return tx
 
 
 def ema_update(ema: Any, params: Any, decay: float, updated: jax.Array) -> Any:
-    """ema <- decay * ema + (1 - decay) * params, only where the params just changed."""
+    """ema <- decay * ema + (1 - decay) * params, only where the params just changed;
+    computed as ema + (1 - decay) * (params - ema), so an EMA equal to its (frozen)
+    parameter stays bit-identical."""
     d = jnp.float32(decay)
     return jax.tree.map(
-        lambda e, p: jnp.where(updated, (d * e + (1 - d) * p).astype(e.dtype), e), ema, params
+        lambda e, p: jnp.where(updated, (e + (1 - d) * (p - e)).astype(e.dtype), e), ema, params
     )
 
 
@@ -111,13 +117,15 @@ def create_train_state(
     """(state, its shardings): opt state and EMA initialised sharded like the params."""
     replicated = NamedSharding(mesh, PartitionSpec())
     abstract_opt = jax.eval_shape(tx.init, params)
+    # Frozen parameters (make_optimizer's labels) are MaskedNodes in the inner states.
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
     opt_shardings = optax.tree_map_params(
         tx,
-        lambda _, s: s,
+        lambda v, s: v if masked(v) else s,
         abstract_opt,
         shardings,
         transform_non_params=lambda _: replicated,
-        is_leaf=lambda x: isinstance(x, NamedSharding),
+        is_leaf=lambda x: isinstance(x, NamedSharding) or masked(x),
     )
     state_shardings = TrainState(
         step=replicated, params=shardings, opt_state=opt_shardings, ema=shardings

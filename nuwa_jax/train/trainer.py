@@ -5,7 +5,10 @@
 
 `train.model` 'vae' trains the T-KLVAE; 'mtd' trains the MTD of `train.level` on that
 level's windows (frozen VAE; the byte text encoder trains with it when
-text.trainable). A rerun in the same workdir resumes from the newest checkpoint;
+text.trainable); 'mardini' trains MarDini at curriculum stage `train.mardini_stage` on
+clips of consecutive frames (frozen VAE; nuwa_jax.train.curriculum). `train.init_from`
+starts a fresh run from another run's newest params (e.g. the previous stage's).
+A rerun in the same workdir resumes from the newest checkpoint;
 SIGTERM saves at the next step boundary and exits 0; a NaN / Inf loss or gradient
 stops the run with an error naming the step, leaving the last good checkpoint intact.
 Every `train.sample_every` steps the EMA weights make samples (nuwa_jax.train.samples);
@@ -37,16 +40,32 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from nuwa_jax import diffusion, parallel
 from nuwa_jax.data import pipeline, schema, synthetic
-from nuwa_jax.hierarchy.models import check_hierarchy, vae_class
+from nuwa_jax.hierarchy.models import (
+    MARDINI_SEED_OFFSET,
+    check_hierarchy,
+    check_mardini,
+    vae_class,
+)
+from nuwa_jax.models.discriminator import PatchDiscriminator
+from nuwa_jax.models.mardini import MarDini
 from nuwa_jax.models.mtd import MTD
 from nuwa_jax.models.text import TextEncoder, make_tokenizer
 from nuwa_jax.train import checkpoint as ckpt
-from nuwa_jax.train import losses, samples
+from nuwa_jax.train import curriculum, losses, samples
 from nuwa_jax.train import state as state_lib
 
-MODELS = ("vae", "mtd")
+MODELS = ("vae", "mtd", "mardini")
 # 'video', or 'latent_mean' + 'latent_logvar' when reading a latent store (data.latents_dir).
-BATCH_KEYS = ("video", "latent_mean", "latent_logvar", "tokens", "cond_mask", "bad_records")
+# 'level': each window's hierarchy level (a shared local MTD is told it per example).
+BATCH_KEYS = (
+    "video",
+    "latent_mean",
+    "latent_logvar",
+    "tokens",
+    "cond_mask",
+    "level",
+    "bad_records",
+)
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -63,17 +82,35 @@ def check_config(config: Any) -> None:
         raise ValueError(
             f"train.level={t.level} is not a level of hierarchy.depth={config.hierarchy.depth}"
         )
-    if config.data.latents_dir and t.model != "mtd":
+    if config.data.latents_dir and t.model == "vae":
         raise ValueError(
             f"data.latents_dir={config.data.latents_dir!r} holds latents: train.model="
-            f"{t.model!r} needs video frames (only 'mtd' trains from a latent store)"
+            f"{t.model!r} needs video frames (only 'mtd' and 'mardini' train from a latent "
+            "store)"
         )
+    if t.model == "mardini":
+        _check_mardini_config(config)
     if config.data.latents_dir and t.sample_every > 0:
         raise ValueError(
             "train.sample_every > 0 samples from video clips; with data.latents_dir set it to 0"
         )
-    losses.check_unavailable_terms(t)
+    losses.check_vae_loss_terms(config)  # LPIPS file, discriminator depth
     state_lib.learning_rate_schedule(t)  # checks num_steps > warmup_steps
+
+
+def _check_mardini_config(config: Any) -> None:
+    """train.model='mardini': the stage, the task masks, the latents MarDini reads."""
+    s = curriculum.stage(config)
+    check_mardini(config, hierarchy=False)  # mardini.latent_channels == vae.latent_channels
+    curriculum.task_masks(config.mardini.train_tasks, s.num_frames)
+    if not 0.0 <= float(config.mardini.task_share) <= 1.0:
+        raise ValueError(f"mardini.task_share={config.mardini.task_share} must be in [0, 1]")
+    if config.data.latents_dir and s.resolution != config.data.resolution:
+        raise ValueError(
+            f"mardini.curriculum.{s.name}.resolution={s.resolution}: a latent store "
+            f"(data.latents_dir) holds latents of data.resolution={config.data.resolution} "
+            "px frames only"
+        )
 
 
 def ensure_data(config: Any) -> None:
@@ -109,12 +146,21 @@ def ensure_data(config: Any) -> None:
         raise schema.DataError(f"{d.data_dir}: no metadata.json (data.source={d.source!r})")
 
 
+def shares_local_model(config: Any) -> bool:
+    """Whether an 'mtd' run trains the one local MTD shared by every local level
+    (hierarchy.share_local_models, train.level >= 1): it then trains on the windows of all
+    local levels, each told its level through the level embedding."""
+    h = config.hierarchy
+    return bool(h.share_local_models and h.depth > 1 and config.train.level > 0)
+
+
 def build_models(config: Any, mesh, rules) -> tuple[dict, dict, int | None]:
     """(trained modules, frozen modules, level-embedding id) for train.model, sharded.
 
     Only the networks the run needs are built, with the seeds HierarchyModels.create
     gives them (text: seed, VAE: seed + 1, MTD of level j: seed + 2 + j, or seed + 3
-    for a shared local MTD), so trained pieces drop into a hierarchy unchanged.
+    for a shared local MTD, MarDini: seed + MARDINI_SEED_OFFSET), so trained pieces drop
+    into a hierarchy unchanged. MarDini has no text conditioning (no text encoder).
     """
     check_hierarchy(config)
     t, seed = config.train, config.seed
@@ -130,14 +176,33 @@ def build_models(config: Any, mesh, rules) -> tuple[dict, dict, int | None]:
         convert_vae.import_vae_weights(vae, convert_common.load_safetensors(path), source=path)
         vae = parallel.reshard_model(vae, mesh, rules)
     if t.model == "vae":
-        return {"vae": vae}, {}, None
+        trained, frozen = {"vae": vae}, {}
+        if float(t.adversarial_weight) > 0:  # trained from scratch; seed + 1000: not a level
+            trained["discriminator"] = make(
+                lambda r: PatchDiscriminator(
+                    config.compute,
+                    channels=t.discriminator_channels,
+                    n_layers=t.discriminator_layers,
+                    rngs=r,
+                ),
+                seed + 1000,
+            )
+        if float(t.perceptual_weight) > 0:  # frozen: passed as state, never optimised
+            from nuwa_jax.convert.lpips import load_lpips
+
+            lpips = load_lpips(t.perceptual_weights, config.compute)
+            frozen["lpips"] = parallel.reshard_model(lpips, mesh, rules)
+        return trained, frozen, None
+    if t.model == "mardini":
+        net = lambda r: MarDini(config.mardini, config.compute, rngs=r)  # noqa: E731
+        return {"mardini": make(net, seed + MARDINI_SEED_OFFSET)}, {"vae": vae}, None
     text = make(lambda r: TextEncoder(config.text, config.compute, rngs=r), seed)
     if config.text.kind == "clip":
         from nuwa_jax.convert.clip import load_clip_weights
 
         load_clip_weights(text, config.text.clip_dir)
         text = parallel.reshard_model(text, mesh, rules)
-    shared = config.hierarchy.share_local_models and config.hierarchy.depth > 1 and t.level > 0
+    shared = shares_local_model(config)
     mtd_seed = seed + 3 if shared else seed + 2 + t.level
     mtd = make(lambda r: MTD(config.mtd, config.compute, rngs=r), mtd_seed)
     trained, frozen = {"mtd": mtd}, {"vae": vae}
@@ -180,15 +245,19 @@ def make_train_step(
     """Builds the run's networks (sharded), its jitted train step and the step-0 state.
 
     The step takes a batch of global arrays with BATCH_KEYS (`pipeline.global_batches`);
-    `tokenizer` gives the empty prompt's tokens (prompt dropout).
+    `tokenizer` gives the empty prompt's tokens (prompt dropout). 'mardini': the config's
+    stage applies (curriculum.resolve), the stage's frozen parameters get no updates.
     """
+    config = curriculum.resolve(config)
     t = config.train
     uncond_tokens = jnp.asarray(tokenizer([""])[0])
     # Models: trained ones (params) and frozen ones (passed as a state).
     trained, frozen, level_id = build_models(config, mesh, rules)
     graphdef, params, rest = state_lib.split_trainable(trained)
     frozen_graphdef, frozen_state = nnx.split(nnx.Dict(frozen))
-    tx = state_lib.make_optimizer(t)
+    stage = curriculum.stage(config) if t.model == "mardini" else None
+    labels = None if stage is None else curriculum.trained_labels(params, stage.name)
+    tx = state_lib.make_optimizer(t, labels)
     schedule_fn = state_lib.learning_rate_schedule(t)
     state, state_shardings = state_lib.create_train_state(
         params, state_lib.param_shardings(trained, mesh, rules), tx, mesh
@@ -196,16 +265,35 @@ def make_train_step(
     del params, trained, frozen  # the state holds the only copy of the trained weights
     noise_schedule = diffusion.NoiseSchedule.from_config(config.diffusion)
     base_key = jax.random.key(config.seed)
+    if stage is not None:
+        task_table = curriculum.task_masks(config.mardini.train_tasks, stage.num_frames)
 
     # The train step: one jit, the state donated.
-    def loss_fn(params, frozen_state, batch, key):
+    def loss_fn(params, frozen_state, batch, key, step):
         modules = state_lib.merge_trainable(graphdef, params, rest)
-        if t.model == "vae":
-            return losses.vae_loss(modules["vae"], batch["video"], key, t.kl_weight)
         fixed = nnx.merge(frozen_graphdef, frozen_state)
+        if t.model == "vae":  # (objective, terms): see losses.vae_loss for the GAN objective
+            return losses.vae_loss(
+                modules["vae"], batch["video"], key, t.kl_weight,
+                lpips=fixed["lpips"] if "lpips" in fixed else None,
+                perceptual_weight=t.perceptual_weight,
+                discriminator=modules["discriminator"] if "discriminator" in modules else None,
+                adversarial_weight=t.adversarial_weight,
+                adversarial_factor=(step >= t.adversarial_start_step).astype(jnp.float32),
+            )  # fmt: skip
         k_latent, k_loss = jax.random.split(key)
         vae = fixed["vae"] if "vae" in fixed else None  # unused (pruned) on a latent store
-        latents = losses.training_latents(batch, k_latent, config.vae, vae)
+        latents = losses.training_latents(batch, k_latent, config.vae, vae, t.sample_posterior)
+        if stage is not None:  # MarDini: kept-frame masks drawn here, per example
+            k_kept, k_loss = jax.random.split(k_loss)
+            kept = curriculum.kept_masks(
+                k_kept, latents.shape[0], stage, task_table, config.mardini.task_share
+            )
+            return losses.mardini_loss(
+                modules["mardini"], latents, kept, k_loss, stage=stage.name,
+                schedule=noise_schedule, prediction=config.mardini.prediction,
+                signal_dropout=config.mardini.signal_dropout,
+            )  # fmt: skip
         text = modules["text"] if "text" in modules else fixed["text"]
         return losses.mtd_loss(
             modules["mtd"],
@@ -218,14 +306,16 @@ def make_train_step(
             prediction=config.diffusion.prediction,
             uncond_tokens=uncond_tokens,
             prompt_dropout=config.diffusion.prompt_dropout,
-            level_id=level_id,
+            # A shared local MTD trains on every local level: each window's own embedding.
+            level_id=None if level_id is None else batch["level"] - 1,
         )
 
     def train_step(state: state_lib.TrainState, frozen_state, batch):
         key = jax.random.fold_in(base_key, state.step)  # same key for a step on resume
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, frozen_state, batch, key
+            state.params, frozen_state, batch, key, state.step
         )
+        loss = aux.pop("vae_loss", loss)  # VAE + GAN: log the VAE's loss (d_loss is a term)
         if t.debug_nan_at_step >= 0:  # tests: poison one step's loss and gradients
             poison = jnp.where(state.step == t.debug_nan_at_step, jnp.nan, 1.0)
             loss = loss * poison
@@ -253,25 +343,63 @@ def make_train_step(
     return parts, state
 
 
+def data_windows(config: Any) -> tuple[Any, list[int] | None, int]:
+    """(plan, levels, frame side) of the run's training examples for the pipeline: the
+    hierarchy's windows (an MTD's level, or every level for the VAE), or for MarDini
+    clips of its stage's num_frames consecutive frames at its resolution."""
+    t = config.train
+    if t.model == "mardini":
+        s = curriculum.stage(config)
+        return curriculum.clip_plan(s), [0], s.resolution
+    levels = None
+    if t.model == "mtd":
+        levels = list(range(1, config.hierarchy.depth)) if shares_local_model(config) else [t.level]
+    return pipeline.plan_from_config(config), levels, int(config.data.resolution)
+
+
 def synthetic_batch(config: Any, mesh, rules, tokenizer: Callable, seed: int = 0) -> dict:
     """A global batch of BATCH_KEYS shaped like the pipeline's, without reading data.
 
     Video uniform in [-1, 1], one caption's tokens on every frame, the cond_mask of the
     trained level, no bad records: for benchmarks and tests of the step alone.
     """
-    d, L = config.data, config.hierarchy.frames_per_call
+    config = curriculum.resolve(config)
+    plan, levels, side = data_windows(config)
+    d, L = config.data, plan.frames_per_call
     b = d.batch_size // jax.process_count()
     rng = np.random.default_rng(seed + jax.process_index())
     tokens = np.asarray(tokenizer(["a red circle moves right on the beach"]), np.int32)
-    level = config.train.level if config.train.model == "mtd" else 0
-    mask = pipeline.plan_from_config(config).condition_mask(level)
+    mask = plan.condition_mask(levels[0] if levels else 0)
     local = dict(
-        video=rng.uniform(-1, 1, (b, L, d.resolution, d.resolution, 3)).astype(np.float32),
+        video=rng.uniform(-1, 1, (b, L, side, side, 3)).astype(np.float32),
         tokens=np.broadcast_to(tokens, (b, L, tokens.shape[-1])).copy(),
         cond_mask=np.broadcast_to(mask, (b, L)).copy(),
+        level=np.full((b,), levels[0] if levels else 0, np.int32),
         bad_records=np.zeros((b,), np.int32),
     )
     return parallel.global_batch(local, mesh, rules)
+
+
+def init_from(config: Any, train_step: TrainStep, state: state_lib.TrainState):
+    """`state` with params and EMA replaced by the params of train.init_from's newest
+    checkpoint (a run of the same train.model, e.g. the previous MarDini stage); step 0,
+    a fresh optimiser. Errors name the run and what does not fit."""
+    t = config.train
+    workdir, step, saved = ckpt.read_run(t.init_from, t)
+    theirs = saved.get("train", {}).get("model")
+    if theirs != t.model:
+        raise ValueError(
+            f"train.init_from={t.init_from!r}: step {step} of a train.model={theirs!r} run, "
+            f"not {t.model!r}"
+        )
+    trained = state_lib.merge_trainable(train_step.graphdef, state.params, train_step.rest)
+    ckpt.restore_ema(workdir, dict(trained.items()), step, item="params")
+    params = nnx.to_pure_dict(nnx.state(trained, nnx.Param))
+    ema = jax.tree.map(jnp.copy, params)  # own buffers: the state is donated
+    stage = saved.get("train", {}).get("mardini_stage") if t.model == "mardini" else None
+    logging.info("initialised from step %d of %s%s", step, workdir,
+                 f" (stage {stage!r})" if stage else "")  # fmt: skip
+    return state.replace(params=params, ema=ema)
 
 
 def _write_jsonl(path: str, record: dict) -> None:
@@ -325,11 +453,13 @@ def _in_main_thread() -> bool:
 def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = None):
     """Trains until train.num_steps (or `max_steps`, or SIGTERM); returns the TrainState.
 
-    Resumes from the newest checkpoint in workdir/checkpoints if there is one.
+    Resumes from the newest checkpoint in workdir/checkpoints if there is one; otherwise
+    starts from the params of train.init_from's newest checkpoint when it is set.
     """
     # -----------------------------------------------------------------------------------
     # Config, mesh, data.
     # -----------------------------------------------------------------------------------
+    config = curriculum.resolve(config)  # 'mardini': the stage's steps and clip length
     check_config(config)
     t = config.train
     workdir = os.path.abspath(os.fspath(workdir))
@@ -345,8 +475,8 @@ def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = No
         )
     ensure_data(config)
     tokenizer = make_tokenizer(config.text)
-    levels = [t.level] if t.model == "mtd" else None
-    iterator = pipeline.make_iterator(config, tokenizer, levels=levels)
+    plan, levels, side = data_windows(config)
+    iterator = pipeline.make_iterator(config, tokenizer, plan=plan, levels=levels, resolution=side)
 
     # -----------------------------------------------------------------------------------
     # Models and the train step (one jit, the state donated): see make_train_step.
@@ -363,6 +493,8 @@ def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = No
         del state
         state = checkpointer.restore(latest, abstract, iterator)
         logging.info("resumed from step %d in %s", latest, checkpointer.directory)
+    elif t.init_from:
+        state = init_from(config, train_step, state)
     step = int(state.step)
 
     # -----------------------------------------------------------------------------------

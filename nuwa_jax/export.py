@@ -13,7 +13,11 @@ weights mean something else is named:
 - MTD run j (train.model='mtd', train.level=j; with hierarchy.share_local_models two
   runs: the global one and one local run of any level >= 1): `mtd`, `text`, `vae` (the
   latents it learned), `hierarchy`, the noise fields of `diffusion`, data.resolution,
-  and `seed` where the config's seed decides a frozen network (a frozen byte encoder).
+  and `seed` where the config's seed decides a frozen network (a frozen byte encoder);
+- the MarDini run (--mardini_workdir, train.model='mardini'; its module 'mardini'):
+  the `mardini` section, `vae` and the noise schedule of `diffusion`. It joins the MTDs
+  (MarDini locals, hierarchy.local_backbone='mardini', and the tasks), or with no
+  --mtd_workdirs makes a VAE + MarDini bundle for the tasks alone.
 
 Text encoders: with text.trainable every MTD run trained its own encoder jointly, and the
 bundle keeps each MTD's own (layout 'per_level'): an MTD conditioned on another run's
@@ -175,12 +179,22 @@ def mtd_fields(config: Any, saved: dict[str, Any]) -> list[str]:
 
     ours = bundle.config_to_dict(config)
     sections = {"mtd": ("dropout",), "text": ("clip_dir",), "vae": ("pretrained_dir",),
-                "hierarchy": ()}  # fmt: skip
+                "hierarchy": ("local_backbone",)}  # fmt: skip
     fields = bundle.section_fields(sections, ours, saved) + list(bundle.NOISE_FIELDS)
     fields.append("data.resolution")
     if not config.text.trainable and config.text.kind == "byte":
         fields.append("seed")  # the frozen byte encoder is the seed's initialisation
     return fields
+
+
+def mardini_fields(config: Any, saved: dict[str, Any]) -> list[str]:
+    """Fields a MarDini run must share with the bundle's config (its widths, the VAE whose
+    latents it learned, the noise schedule; not the MTDs' prediction)."""
+    from nuwa_jax.hierarchy import bundle
+
+    sections = {"mardini": bundle.ARCHITECTURE_SECTIONS["mardini"], "vae": ("pretrained_dir",)}
+    fields = bundle.section_fields(sections, bundle.config_to_dict(config), saved)
+    return fields + [f for f in bundle.NOISE_FIELDS if f != "diffusion.prediction"]
 
 
 def export_hierarchy(
@@ -189,6 +203,7 @@ def export_hierarchy(
     *,
     vae_workdir: str | None = None,
     mtd_workdirs: Sequence[str] = (),
+    mardini_workdir: str | None = None,
     random_weights: bool = False,
     dtype: str = "bfloat16",
     allow_vae_mismatch: bool = False,
@@ -206,11 +221,15 @@ def export_hierarchy(
 
     check_hierarchy(config)
     mtd_workdirs = [d for d in mtd_workdirs if d]
-    if random_weights and (vae_workdir or mtd_workdirs):
+    if random_weights and (vae_workdir or mtd_workdirs or mardini_workdir):
         raise ValueError("--random_weights exports the config's initialisation: give no workdirs")
     expected = mtd_runs_expected(config)
     shared_local = expected != config.hierarchy.depth  # global + one shared local MTD
-    if not random_weights and len(mtd_workdirs) != expected:
+    backbone = config.hierarchy.get("local_backbone", "mtd")
+    if not random_weights and backbone == "mardini" and not mardini_workdir:
+        raise ValueError("hierarchy.local_backbone='mardini' needs --mardini_workdir")
+    mardini_only = bool(mardini_workdir) and not mtd_workdirs  # VAE + MarDini, for the tasks
+    if not random_weights and not mardini_only and len(mtd_workdirs) != expected:
         what = "global, then the shared local MTD" if shared_local else "one per level"
         raise ValueError(
             f"--mtd_workdirs: {len(mtd_workdirs)} runs given, the hierarchy needs {expected} "
@@ -244,6 +263,23 @@ def export_hierarchy(
         bundled_vae = dict(weights="random", seed=int(config.seed) + 1)
         vae_source = dict(kind="random", seed=int(config.seed) + 1)
 
+    def learned_vae(name: str, saved: dict[str, Any], what: str) -> dict[str, Any]:
+        """The VAE whose latents the run (an MTD or a MarDini) learned; refused unless it
+        is the bundle's (or --allow_vae_mismatch)."""
+        learned = run_vae(saved)
+        if not same_vae(learned, bundled_vae):
+            message = (
+                f"{name}: this {what} learned the latents of VAE {learned}, but the bundle's "
+                f"VAE is {bundled_vae}"
+            )
+            if not allow_vae_mismatch:
+                raise RunMismatchError(
+                    message + f" (train the {what} on a latent store encoded by the bundle's "
+                    "VAE, or export without --vae_workdir; --allow_vae_mismatch exports anyway)"
+                )
+            logging.warning("%s (exported anyway: --allow_vae_mismatch)", message)
+        return learned
+
     mtd_runs = []  # (workdir, step, source), index = the bundle's MTD (1: a shared local one)
     for index, directory in enumerate(mtd_workdirs):
         workdir, step, saved = read_run(directory, config)
@@ -261,24 +297,27 @@ def export_hierarchy(
                 f"takes the MTD of level {want}"
             )
         check_run_config(name, saved, config, mtd_fields(config, saved))
-        learned = run_vae(saved)
-        if not same_vae(learned, bundled_vae):
-            message = (
-                f"{name}: this MTD learned the latents of VAE {learned}, but the bundle's "
-                f"VAE is {bundled_vae}"
-            )
-            if not allow_vae_mismatch:
-                raise RunMismatchError(
-                    message + " (train the MTD on a latent store encoded by the bundle's VAE, "
-                    "or export without --vae_workdir; --allow_vae_mismatch exports anyway)"
-                )
-            logging.warning("%s (exported anyway: --allow_vae_mismatch)", message)
+        learned = learned_vae(name, saved, "MTD")
         source = dict(kind="checkpoint", workdir=workdir, step=step, params="ema",
                       level=level, vae=learned)  # fmt: skip
         mtd_runs.append((workdir, step, source))
+    mardini_run = None
+    if mardini_workdir:
+        workdir, step, saved = read_run(mardini_workdir, config)
+        name = _run_name(workdir, step)
+        model = saved.get("train", {}).get("model")
+        if model != "mardini":
+            raise RunMismatchError(
+                f"{name}: train.model={model!r}, --mardini_workdir needs 'mardini'"
+            )
+        check_run_config(name, saved, config, mardini_fields(config, saved))
+        learned = learned_vae(name, saved, "MarDini")
+        mardini_run = (workdir, step, dict(kind="checkpoint", workdir=workdir, step=step,
+                                           params="ema", vae=learned))  # fmt: skip
 
     # Abstract networks (nothing initialised): the runs' parameters are restored into them.
-    models = HierarchyModels.create(config, mesh, rules, per_level_text=per_level, abstract=True)
+    models = HierarchyModels.create(config, mesh, rules, per_level_text=per_level, abstract=True,
+                                    mardini=bool(mardini_run), mtds=not mardini_only)  # fmt: skip
     mtd_names = [n for n in models.components() if n.startswith("mtd_")]
     runs = []  # (workdir, step, {name in the run: network})
     sources: dict[str, Any] = {"vae": vae_source}
@@ -291,12 +330,15 @@ def export_hierarchy(
             modules["text"] = models.text_of(index)
             sources["text" + mtd_names[index][3:]] = dict(source, trained_with="mtd")
         runs.append((workdir, step, modules))
+    if mardini_run is not None:
+        runs.append((mardini_run[0], mardini_run[1], {"mardini": models.mardini}))
+        sources["mardini"] = mardini_run[2]
 
     # Networks no run trained: built as the trainer builds its frozen ones.
     make = lambda ctor, seed: parallel.create_sharded_model(  # noqa: E731
         lambda: ctor(nnx.Rngs(seed)), mesh, rules
     )
-    if not config.text.trainable:
+    if not config.text.trainable and not mardini_only:
         text = make(lambda r: TextEncoder(config.text, config.compute, rngs=r), config.seed)
         if config.text.kind == "clip":
             from nuwa_jax.convert.clip import load_clip_weights
@@ -338,6 +380,9 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
             None,
             "Trainer runs of the MTDs, level 0 (global) first, comma-separated.",
         ),
+        mardini=flags.DEFINE_string(
+            "mardini_workdir", None, "Trainer run of MarDini (train.model=mardini), optional."
+        ),
         out=flags.DEFINE_string("out", None, "Bundle path: <dir>/<name> (.safetensors and .json)."),
         dtype=flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float16"], "Stored dtype."),
         random=flags.DEFINE_bool("random_weights", False, "Export the config's random init."),
@@ -359,6 +404,7 @@ def main(argv: list[str], flag_values: dict[str, flags.FlagHolder]) -> None:
             flag_values["out"].value,
             vae_workdir=flag_values["vae"].value,
             mtd_workdirs=flag_values["mtds"].value or (),
+            mardini_workdir=flag_values["mardini"].value,
             random_weights=flag_values["random"].value,
             dtype=flag_values["dtype"].value,
             allow_vae_mismatch=flag_values["allow_vae"].value,

@@ -17,6 +17,19 @@ below apply on top, and an override of a field the weights fix (architecture, no
 schedule, parameterisation) must equal the bundle's. `--random_weights` builds the
 config's networks from its seed (the shapes, sharding and speed are real; the pictures
 are noise). The timings JSON records which (`weights`: bundle path and sha256, or random).
+
+MarDini tasks (`--task`, nuwa_jax/mardini_tasks.py) instead of a storyboard: one
+MarDini clip (or, for slow motion, batches of clips) from the given frames:
+
+    python -m nuwa_jax.generate --task=interpolation --inputs=a.png,b.png --random_weights
+    python -m nuwa_jax.generate --task=image_to_video --inputs=a.png --checkpoint=BUNDLE
+    python -m nuwa_jax.generate --task=video_expansion --inputs=clip.mp4 --prefix=3 ...
+    python -m nuwa_jax.generate --task=arbitrary --keep=0,4,8 --inputs=a.png,b.png,c.png ...
+    python -m nuwa_jax.generate --task=slow_motion --factor=4 --inputs=clip.mp4 ...
+
+`--inputs`: image files (comma-separated, in order) or one video file; without it, frames
+of the synthetic benchmark. With `--task`, `--guidance` sets mardini.guidance.<task> and
+`--sampler` mardini.sampler; `--checkpoint` needs a bundle holding a MarDini.
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ from typing import Any
 
 from absl import flags, logging
 
-from nuwa_jax import cli, parallel, storyboard
+from nuwa_jax import cli, parallel, storyboard, tasks
 from nuwa_jax.render import MissingWeightsError, run_generation
 
 _CONFIG = cli.define_config_flag("configs/demo.py")
@@ -47,6 +60,17 @@ _CHECKPOINT = flags.DEFINE_string(
 )
 _GIF = flags.DEFINE_bool("gif", True, "Also write an animated gif.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Progress bar per level.")
+_TASK = flags.DEFINE_enum(
+    "task", None, list(tasks.TASKS), "A MarDini task on given frames instead of a storyboard."
+)
+_INPUTS = flags.DEFINE_list(
+    "inputs", None, "--task: image files (in order) or one video file (default: synthetic)."
+)
+_KEEP = flags.DEFINE_list("keep", None, "--task=arbitrary: the given clip positions, e.g. 0,8.")
+_FACTOR = flags.DEFINE_integer("factor", None, "--task=slow_motion: 2, 4, ... (default 2).")
+_PREFIX = flags.DEFINE_integer("prefix", None, "--task=video_expansion: frames given.")
+TASK_ONLY = ("inputs", "keep", "factor", "prefix")
+NOT_WITH_TASK = ("storyboard", "prompt", "frames", "schedule")
 
 
 def apply_flags(config: Any) -> Any:
@@ -56,12 +80,16 @@ def apply_flags(config: Any) -> Any:
             config.generation.num_frames = _FRAMES.value
         if _SCHEDULE.value is not None:
             config.generation.schedule = _SCHEDULE.value
+        task = _TASK.value
         if _SAMPLER.value is not None:
-            config.diffusion.sampler = _SAMPLER.value
+            (config.mardini if task else config.diffusion).sampler = _SAMPLER.value
         if _STEPS.value is not None:
             config.diffusion.num_sampling_steps = _STEPS.value
         if _GUIDANCE.value is not None:
-            config.diffusion.guidance_scale = _GUIDANCE.value
+            if task:
+                config.mardini.guidance[task] = _GUIDANCE.value
+            else:
+                config.diffusion.guidance_scale = _GUIDANCE.value
     return config
 
 
@@ -97,6 +125,11 @@ def main(argv: list[str]) -> None:
         config = apply_flags(base_config(_CHECKPOINT.value))
     except (ValueError, FileNotFoundError) as e:  # a bad bundle, or overrides it refuses
         raise app_error(str(e)) from None
+    if _TASK.value:
+        return main_task(config)
+    given = [f"--{f}" for f in TASK_ONLY if flags.FLAGS[f].present]
+    if given:
+        raise app_error(f"{', '.join(given)}: options of --task (a MarDini task)")
     try:
         board = load_storyboard()
     except storyboard.StoryboardError as e:
@@ -130,6 +163,40 @@ def main(argv: list[str]) -> None:
             f"  {level['level']:>8}: {level['segments']:5d} segments, {level['calls']:4d} calls,"
             f" {level['seconds']:.2f} s (first call {level['first_call_seconds']:.2f} s)"
         )
+
+
+def main_task(config: Any) -> None:
+    """--task: a MarDini task on the given frames (nuwa_jax.mardini_tasks)."""
+    from nuwa_jax import mardini_tasks
+    from nuwa_jax.convert.common import WeightImportError
+    from nuwa_jax.hierarchy.bundle import BundleError
+    from nuwa_jax.video_io import UnreadableFileError
+
+    clash = [f"--{f}" for f in NOT_WITH_TASK if flags.FLAGS[f].present]
+    if clash:
+        raise app_error(f"{', '.join(clash)}: not used with --task (a MarDini clip)")
+    try:
+        keep = None if _KEEP.value is None else [int(k) for k in _KEEP.value]
+    except ValueError:
+        raise app_error(f"--keep={','.join(_KEEP.value)}: give clip positions, e.g. 0,8") from None
+    try:
+        result = mardini_tasks.run_task(
+            config, _TASK.value, _INPUTS.value or (), _OUT.value, _NAME.value, _SEED.value,
+            _RANDOM.value, _CHECKPOINT.value, keep=keep, prefix=_PREFIX.value,
+            factor=_FACTOR.value, gif=_GIF.value, progress=_PROGRESS.value,
+        )  # fmt: skip
+    except (mardini_tasks.TaskError, UnreadableFileError, MissingWeightsError, BundleError,
+            WeightImportError, FileNotFoundError) as e:  # fmt: skip
+        raise app_error(str(e)) from None
+    report = result.report
+    print(
+        f"{_TASK.value}: {report['num_frames']} frames ({report['input_frames']} input frames, "
+        f"given at {report['given_positions']}) in {report['total_seconds']:.1f} s "
+        f"-> {os.path.join(_OUT.value, _NAME.value)}.mp4"
+    )
+    for level in report["levels"]:
+        print(f"  {level['level']}: {level['segments']} clips, {level['calls']} calls, "
+              f"{level['seconds']:.2f} s")  # fmt: skip
 
 
 def run() -> None:

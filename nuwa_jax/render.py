@@ -91,6 +91,7 @@ def run_generation(config: Any, board: storyboard.Storyboard, out_dir: str, name
     report = dict(
         video.timing_report(),
         schedule=g.schedule,
+        local_backbone=generator.local_backbone,
         config=config.preset,
         seed=seed,
         random_weights=not checkpoint,

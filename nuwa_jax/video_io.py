@@ -1,9 +1,11 @@
-"""Writing generated videos: mp4 (streamed), gif, keyframe contact sheet, filmstrip.
+"""Video files: writing generated videos (mp4 streamed, gif, keyframe contact sheet,
+filmstrip) and reading the user's images and videos (generation from given frames).
 
 Everything is written under a temporary name in the target directory and renamed when
 complete, so a crash or a preemption never leaves a file that looks whole. The mp4 writer
 takes frames as they become final (generation finishes the last level chunk by chunk, in
-time order) so long videos never sit in memory whole.
+time order) so long videos never sit in memory whole. Readers raise `UnreadableFileError`
+naming the file.
 """
 
 from __future__ import annotations
@@ -168,3 +170,55 @@ def write_filmstrip(path: str, frames: np.ndarray | Sequence[np.ndarray]) -> Non
     """A PNG strip of frames in one row (callers pick them with `filmstrip_indices`)."""
     frames = np.asarray(frames)
     _save_image(path, Image.fromarray(grid(frames, len(frames))), format="PNG")
+
+
+# ---------------------------------------------------------------------------------------
+# Reading.
+# ---------------------------------------------------------------------------------------
+class UnreadableFileError(ValueError):
+    """An input image or video cannot be read (the message names the file and why)."""
+
+
+def resize_and_crop(image: np.ndarray, resolution: int) -> np.ndarray:
+    """Shorter side to `resolution` (bicubic), then a centred square crop."""
+    h, w = image.shape[:2]
+    scale = resolution / min(h, w)
+    nh, nw = max(resolution, round(h * scale)), max(resolution, round(w * scale))
+    im = Image.fromarray(image).resize((nw, nh), Image.Resampling.BICUBIC)
+    top, left = (nh - resolution) // 2, (nw - resolution) // 2
+    return np.asarray(im.crop((left, top, left + resolution, top + resolution)))
+
+
+def read_image(path: str) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB."""
+    if not os.path.isfile(path):
+        raise UnreadableFileError(f"{path}: no such file")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise UnreadableFileError(f"{path}: unreadable image: {e}") from e
+
+
+def read_video(path: str, max_frames: int | None = None) -> np.ndarray:
+    """Every frame (or the first `max_frames`) of a video file as (N, H, W, 3) uint8 RGB."""
+    import av
+
+    if not os.path.isfile(path):
+        raise UnreadableFileError(f"{path}: no such file")
+    frames = []
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise UnreadableFileError(f"{path}: unreadable video: no video stream")
+            for frame in container.decode(container.streams.video[0]):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+    except UnreadableFileError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as e:
+        raise UnreadableFileError(f"{path}: unreadable video: {e}") from e
+    if not frames:
+        raise UnreadableFileError(f"{path}: unreadable video: no frames")
+    return np.stack(frames)

@@ -28,6 +28,8 @@ from nuwa_jax.convert import common as convert_common
 from nuwa_jax.export import RunMismatchError, export_hierarchy
 from nuwa_jax.hierarchy import bundle
 from nuwa_jax.hierarchy.models import vae_class
+from nuwa_jax.mardini_tasks import run_task
+from nuwa_jax.models.mardini import MarDini
 from nuwa_jax.models.mtd import MTD
 from nuwa_jax.models.text import TextEncoder
 from nuwa_jax.train import Checkpointer
@@ -68,6 +70,8 @@ def save_run(workdir, cfg, model, level=0, latents_dir="", seed=0):
     mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
     if model == "vae":
         make = {"vae": lambda: vae_class(cfg)(cfg.vae, cfg.compute, rngs=nnx.Rngs(0))}
+    elif model == "mardini":
+        make = {"mardini": lambda: MarDini(cfg.mardini, cfg.compute, rngs=nnx.Rngs(0))}
     else:
         make = {"mtd": lambda: MTD(cfg.mtd, cfg.compute, rngs=nnx.Rngs(0))}
         if cfg.text.trainable:
@@ -307,6 +311,51 @@ def test_export_is_atomic(exported, tmp_path, monkeypatch):
     reloaded = params_of(bundle.load_bundle(tmp_path / "new", cfg, mesh, rules).vae)
     for path, value in params_of(models.vae).items():
         np.testing.assert_array_equal(reloaded[path], value.astype(np.float16).astype(np.float32))
+
+
+def test_mardini_joins_a_bundle_or_makes_one_with_the_vae(runs, exported, tmp_path):
+    """--mardini_workdir: MarDini beside the MTDs (MarDini locals), or with the VAE alone
+    (the tasks); loaded weights == its EMA; wrong runs and a missing run are named."""
+    root, cfg, ema = runs
+    store, vae, mtds = str(root / "latents"), str(root / "vae"), [str(root / "mtd0"),
+                                                                  str(root / "mtd1")]  # fmt: skip
+    mardini_ema = save_run(tmp_path / "mardini", cfg, "mardini", latents_dir=store, seed=7)
+    run = str(tmp_path / "mardini")
+    local = cfg.copy_and_resolve_references()
+    local.hierarchy.local_backbone = "mardini"
+    local.mardini.num_frames = local.hierarchy.frames_per_call  # a segment is one clip
+    with pytest.raises(ValueError, match="local_backbone='mardini' needs --mardini_workdir"):
+        export_hierarchy(local, tmp_path / "x", vae_workdir=vae, mtd_workdirs=mtds)
+    with pytest.raises(RunMismatchError, match="train.model='mtd', --mardini_workdir needs"):
+        export_hierarchy(cfg, tmp_path / "x", vae_workdir=vae, mardini_workdir=mtds[0])
+    wide = cfg.copy_and_resolve_references()
+    wide.mardini.generator_hidden = 128
+    with pytest.raises(RunMismatchError, match=r"mardini.generator_hidden: run 0, bundle 128"):
+        export_hierarchy(wide, tmp_path / "x", vae_workdir=vae, mardini_workdir=run)
+    # Beside the MTDs: the same storyboard renders with MTD or MarDini locals.
+    manifest = export_hierarchy(local, tmp_path / "full", vae_workdir=vae, mtd_workdirs=mtds,
+                                mardini_workdir=run)  # fmt: skip
+    assert manifest["sources"]["mardini"]["workdir"] == run
+    assert set(manifest["parameters"]) == {"text_global", "text_local1", "vae", "mtd_global",
+                                           "mtd_local1", "mardini"}  # fmt: skip
+    as_mtd = bundle.generation_config(tmp_path / "full", {"hierarchy.local_backbone": "mtd"})
+    assert as_mtd.hierarchy.local_backbone == "mtd"
+    # With the VAE alone: the MarDini tasks' bundle.
+    out = tmp_path / "tasks"
+    manifest = export_hierarchy(cfg, out, vae_workdir=vae, mardini_workdir=run)
+    assert set(manifest["parameters"]) == {"vae", "mardini"}
+    mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
+    models = bundle.load_bundle(out, cfg, mesh, rules)
+    assert models.text is None and models.mtds == ()
+    for name, (module, run_ema) in {"vae": (models.vae, ema["vae"]),
+                                    "mardini": (models.mardini, mardini_ema)}.items():  # fmt: skip
+        for path, value in params_of(module).items():
+            np.testing.assert_array_equal(value, as_bf16(run_ema[f"{name}.{path}"]), err_msg=path)
+    result = run_task(cfg, "interpolation", (), str(tmp_path / "v"), checkpoint=str(out),
+                      gif=False, progress=False)  # fmt: skip
+    assert result.report["weights"]["source"] == "bundle" and result.latents.shape[0] == 5
+    with pytest.raises(bundle.BundleError, match="no 'mardini' network in this bundle"):
+        run_task(cfg, "interpolation", (), str(tmp_path / "v"), checkpoint=str(exported[0]))
 
 
 @pytest.mark.slow

@@ -35,10 +35,10 @@ from typing import Any
 
 import av
 import numpy as np
-from PIL import Image
 
 from nuwa_jax.data import schema
 from nuwa_jax.data.writer import DatasetWriter
+from nuwa_jax.video_io import resize_and_crop
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".webm")
 CAPTION_EXTENSIONS = (".json", ".csv", ".srt", ".vtt")
@@ -269,16 +269,6 @@ def probe_video(path: str) -> VideoInfo:
     if count == 0 or last is None:
         raise ConversionError(f"{path}: unreadable video: no frames")
     return VideoInfo(path, count, last + 1.0 / rate, rate)
-
-
-def resize_and_crop(image: np.ndarray, resolution: int) -> np.ndarray:
-    """Shorter side to `resolution` (bicubic), then a centred square crop."""
-    h, w = image.shape[:2]
-    scale = resolution / min(h, w)
-    nh, nw = max(resolution, round(h * scale)), max(resolution, round(w * scale))
-    im = Image.fromarray(image).resize((nw, nh), Image.Resampling.BICUBIC)
-    top, left = (nh - resolution) // 2, (nw - resolution) // 2
-    return np.asarray(im.crop((left, top, left + resolution, top + resolution)))
 
 
 def iter_resampled(

@@ -12,7 +12,8 @@ the text encoder: 'text' when one encoder serves every level (frozen: CLIP or a 
 byte encoder), or 'text_global', 'text_local1', ... when `text.trainable`: the trainer
 trains a byte encoder jointly with each level's MTD, each MTD learns to read its own
 encoder's embeddings, so the bundle keeps one encoder per MTD (manifest `text_layout`
-'per_level', else 'shared').
+'per_level', else 'shared'). 'mardini' (optional): MarDini, for the MarDini tasks and for
+hierarchy.local_backbone='mardini'; a bundle of just 'vae' and 'mardini' serves the tasks.
 
 Written by `nuwa_jax.export` (trainer runs -> bundle). Writing is atomic: the weights and
 the manifest are written under temporary names, the weights renamed first and the
@@ -61,7 +62,17 @@ ARCHITECTURE_SECTIONS: dict[str, tuple[str, ...]] = {
     "vae": ("pretrained_dir",),
     "mtd": ("dropout",),
     "text": ("clip_dir", "trainable"),
-    "hierarchy": (),
+    "hierarchy": ("local_backbone",),  # which local model runs is a generation choice
+    # MarDini takes clips of any length (num_frames), the rest trains or samples it.
+    "mardini": (
+        "num_frames",
+        "signal_dropout",
+        "sampler",
+        "guidance",
+        "task_share",
+        "train_tasks",
+        "curriculum",
+    ),
 }
 NOISE_FIELDS = (
     "diffusion.schedule",
@@ -417,8 +428,13 @@ def load_bundle(
         )
     tensors = common.load_safetensors(weights)
     per_level = manifest["text_layout"] == "per_level"
+    held = {k.split("/", 1)[0] for k in tensors}
+    with_mtds, with_mardini = "mtd_global" in held, "mardini" in held
+    if not with_mtds and not with_mardini:
+        raise BundleError(f"{weights}: holds neither MTDs ('mtd_global') nor a MarDini")
     # Abstract networks (nothing initialised): every parameter is filled from the file.
-    models = HierarchyModels.create(config, mesh, rules, per_level_text=per_level, abstract=True)
+    models = HierarchyModels.create(config, mesh, rules, per_level_text=per_level, abstract=True,
+                                    mardini=with_mardini, mtds=with_mtds)  # fmt: skip
     components = models.components()
     unknown = sorted(k for k in tensors if k.split("/", 1)[0] not in components)
     problems = []

@@ -12,6 +12,13 @@ AR (the paper's FDM* baseline, "AR over diffusion"): the same finest-level MTD m
 segments of L consecutive frames one after another, each conditioned on the last
 `ar_context_frames` frames of the one before (the first on nothing).
 
+MarDini locals (`hierarchy.local_backbone='mardini'`): every local level's segments run
+MarDini instead of the local MTD (plan once from the first and last frames, then DDIM with
+guidance on the planning signal, `sample_mardini_level`); the global level stays the
+text-conditioned MTD. Only the model call differs: plan, chunks, keys, sharding, progress
+and timings are the same. MarDini's tasks (nuwa_jax/mardini_tasks.py) run their clips
+through the same path (`sample_segments`).
+
 Determinism: the noise of a segment comes from a key folded from (seed, level, segment
 index), never from its position in a batch, so the video is the same whatever the device
 count and chunk size.
@@ -34,7 +41,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nuwa_jax import parallel, video_io
 from nuwa_jax.diffusion import samplers
-from nuwa_jax.hierarchy.models import HierarchyModels
+from nuwa_jax.hierarchy.models import HierarchyModels, check_mardini
+from nuwa_jax.hierarchy.models import local_backbone as _local_backbone
 from nuwa_jax.hierarchy.plan import HierarchyPlan
 
 SCHEDULES = ("dod", "ar")
@@ -50,6 +58,7 @@ class LevelTiming:
     calls: int
     seconds: float
     first_call_seconds: float  # includes compilation
+    backbone: str = "mtd"  # the model that ran it: 'mtd' or 'mardini'
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -63,7 +72,8 @@ class Segments:
     cond_mask: np.ndarray  # (S, L) bool
     segment_ids: np.ndarray  # (S,) int, the index of each segment within its level
     level: int  # key-folding id (plan level, or AR_LEVEL)
-    model_level: int  # which MTD
+    model_level: int  # which MTD (backbone 'mtd')
+    backbone: str = "mtd"  # 'mtd' (the level's MTD, prompts) or 'mardini' (no prompts)
 
 
 def sample_level(
@@ -103,6 +113,43 @@ def sample_level(
     )  # fmt: skip
 
 
+def mardini_diffusion_config(config: Any, guidance: float) -> Any:
+    """The sampling config of MarDini: the `diffusion` section's noise schedule and step
+    count, `mardini.sampler` (DDIM), v-prediction (`mardini.prediction` if a config sets
+    it) and classifier-free guidance `guidance` on the planning signal."""
+    import ml_collections
+
+    out = ml_collections.ConfigDict(config.diffusion.to_dict())
+    out.sampler = config.mardini.get("sampler", "ddim")
+    out.prediction = config.mardini.get("prediction", "v")
+    out.guidance_scale = float(guidance)
+    return out
+
+
+def sample_mardini_level(
+    mardini: Any,
+    cond_latents: jax.Array,
+    cond_mask: jax.Array,
+    keys: jax.Array,
+    diffusion_config: Any,
+) -> jax.Array:
+    """Samples a batch of clips with MarDini (traceable; callers jit it).
+
+    cond_latents (S, L, h, w, c) and cond_mask (S, L) bool: the given frames (zeros
+    elsewhere); keys (S,). Plans once from the given frames (the planner never sees noisy
+    ones), then runs `diffusion_config`'s sampler on the generator with the planning
+    signals as condition and the learned null signal as the unconditional input, the
+    given frames written back clean after every step. Returns latents like cond_latents.
+    """
+    kept = cond_mask.astype(bool)
+    known = samplers.KnownFrames(cond_latents, kept)
+    return samplers.sample(
+        mardini.sampler_fn(), cond_latents.shape, keys, diffusion_config,
+        cond=mardini.plan(cond_latents, kept), uncond=mardini.null_signal[...], known=known,
+        replace_known=True,
+    )  # fmt: skip
+
+
 class LatentStore:
     """Host copy of every latent frame generated so far, by absolute frame index."""
 
@@ -123,7 +170,13 @@ class LatentStore:
 
 
 class Generator:
-    """Generates long videos with a `HierarchyModels` bundle on a mesh."""
+    """Generates long videos with a `HierarchyModels` bundle on a mesh.
+
+    `tokenizer` may be None when only MarDini segments run (no prompts). `mardini_guidance`:
+    the guidance scale of MarDini segments (default mardini.guidance.interpolation, what a
+    local level does). `local_backbone`: the model of the local levels (default
+    hierarchy.local_backbone).
+    """
 
     def __init__(
         self,
@@ -131,11 +184,26 @@ class Generator:
         models: HierarchyModels,
         mesh: Mesh,
         rules: parallel.Rules,
-        tokenizer: Callable[[list[str]], np.ndarray],
+        tokenizer: Callable[[list[str]], np.ndarray] | None,
+        mardini_guidance: float | None = None,
+        local_backbone: str | None = None,
     ):
         self.config, self.models, self.mesh, self.rules = config, models, mesh, rules
         self.tokenizer = tokenizer
         self.L = config.hierarchy.frames_per_call
+        self.local_backbone = local_backbone or _local_backbone(config)
+        if self.local_backbone == "mardini" and models.mtds:
+            check_mardini(config, hierarchy=True)
+        if self.local_backbone == "mardini" or not models.mtds:
+            if models.mardini is None:
+                who = "MarDini tasks" if not models.mtds else "hierarchy.local_backbone='mardini'"
+                raise ValueError(
+                    f"{who}: there is no MarDini network (random weights build one; a bundle "
+                    "needs one: python -m nuwa_jax.export --mardini_workdir=RUN)"
+                )
+        if mardini_guidance is None and "guidance" in config.mardini:
+            mardini_guidance = config.mardini.guidance.interpolation
+        self.mardini_guidance = 1.0 if mardini_guidance is None else float(mardini_guidance)
         self.chunk = config.generation.max_segments_per_device * parallel.batch_divisor(
             mesh, rules, "segments"
         )
@@ -144,9 +212,11 @@ class Generator:
         factor = 2 ** (len(config.vae.block_out_channels) - 1)
         res = config.data.resolution
         self.latent_shape = (res // factor, res // factor, config.vae.latent_channels)
-        self.null_tokens = np.asarray(tokenizer([""]))[0]  # the empty prompt, for guidance
+        # The empty prompt, the MTDs' unconditional input (guidance).
+        self.null_tokens = None if tokenizer is None else np.asarray(tokenizer([""]))[0]
         self._level_fns: dict[Any, Callable] = {}
         self._decode_fn: Callable | None = None
+        self._encode_fn: Callable | None = None
 
     # -----------------------------------------------------------------------------------
     # Jitted pieces: one sampler call per model, one VAE decode.
@@ -159,7 +229,35 @@ class Generator:
         return parallel.logical_to_sharding(("segments",) + (None,) * (ndim - 1), self.rules,
                                             self.mesh)  # fmt: skip
 
-    def _level_fn(self, model_level: int, chunk: int) -> Callable:
+    def _level_fn(self, segs: Segments, chunk: int) -> Callable:
+        """The jitted sampler of a batch's model (the level's MTD, or MarDini) for batches of
+        `chunk` segments: fn(tokens, cond_latents, cond_mask, keys), tokens None for
+        MarDini."""
+        if segs.backbone == "mardini":
+            return self._mardini_fn(chunk)
+        if segs.backbone != "mtd":
+            raise ValueError(f"unknown backbone {segs.backbone!r}; use 'mtd' or 'mardini'")
+        return self._mtd_fn(segs.model_level, chunk)
+
+    def _mardini_fn(self, chunk: int) -> Callable:
+        """MarDini's jitted sampler (plan + the sampler loop) for batches of `chunk`."""
+        graphdef, state = nnx.split(self.models.mardini)
+        cache_key = ("mardini", graphdef, chunk)
+        if cache_key not in self._level_fns:
+            dcfg = mardini_diffusion_config(self.config, self.mardini_guidance)
+
+            def run(state, cond_latents, cond_mask, keys):
+                return sample_mardini_level(nnx.merge(graphdef, state), cond_latents, cond_mask,
+                                            keys, dcfg)  # fmt: skip
+
+            seg = lambda ndim: self._sharding(ndim, chunk)  # noqa: E731
+            self._level_fns[cache_key] = jax.jit(
+                run, in_shardings=(None, seg(5), seg(2), seg(1)), out_shardings=seg(5)
+            )
+        fn = self._level_fns[cache_key]
+        return lambda tokens, *args: fn(state, *args)
+
+    def _mtd_fn(self, model_level: int, chunk: int) -> Callable:
         """The jitted sampler of one level's MTD for batches of `chunk` segments. Levels whose
         MTDs share an architecture share one compiled function: weights and the level id
         are arguments."""
@@ -198,6 +296,18 @@ class Generator:
             self._decode_fn = lambda z: fn(state, z)
         return self._host(self._decode_fn(jnp.asarray(latents)[None]))[0]
 
+    def encode(self, frames: np.ndarray) -> np.ndarray:
+        """Frames (F, H, W, 3), uint8 or [-1, 1], -> the diffusion latents (F, h, w, c) of
+        the VAE (posterior mode), encoded as one clip (given frames of the MarDini tasks)."""
+        if self._encode_fn is None:
+            graphdef, state = nnx.split(self.models.vae)
+            fn = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode_to_latents(x))
+            self._encode_fn = lambda x: fn(state, x)
+        frames = np.asarray(frames)
+        if frames.dtype == np.uint8:
+            frames = frames.astype(np.float32) / 127.5 - 1.0
+        return self._host(self._encode_fn(jnp.asarray(frames, jnp.float32)[None]))[0]
+
     def _host(self, x: jax.Array) -> np.ndarray:
         if jax.process_count() > 1:
             return np.asarray(multihost_utils.process_allgather(x, tiled=True))
@@ -225,15 +335,18 @@ class Generator:
         frames = np.concatenate([segs.frames, np.repeat(segs.frames[-1:], pad, 0)])
         mask = np.concatenate([segs.cond_mask, np.repeat(segs.cond_mask[-1:], pad, 0)])
         ids = np.concatenate([segs.segment_ids, np.repeat(segs.segment_ids[-1:], pad)])
-        last = len(prompts) - 1
-        texts = [prompts[min(int(f), last)] for f in frames.reshape(-1)]
-        tokens = np.asarray(self.tokenizer(texts)).reshape(chunk, self.L, -1)
+        tokens = None
+        if segs.backbone == "mtd":
+            last = len(prompts) - 1
+            texts = [prompts[min(int(f), last)] for f in frames.reshape(-1)]
+            tokens = np.asarray(self.tokenizer(texts)).reshape(chunk, frames.shape[1], -1)
+            tokens = self._global(tokens.astype(np.int32))
         cond = store.gather(frames, mask)
         keys = jax.random.wrap_key_data(
             self._global(self._keys(seed, segs.level, ids).astype(np.uint32))
         )
-        out = self._level_fn(segs.model_level, chunk)(
-            self._global(tokens.astype(np.int32)),
+        out = self._level_fn(segs, chunk)(
+            tokens,
             self._global(cond.astype(np.float32)),
             self._global(mask),
             keys,
@@ -267,20 +380,49 @@ class Generator:
                 on_chunk(segs)
         bar.close()
         segments = sum(len(b.frames) for b in batches)
-        return LevelTiming(name, segments, len(batches), time.perf_counter() - start, first or 0)
+        backbone = batches[0].backbone if batches else "mtd"
+        return LevelTiming(name, segments, len(batches), time.perf_counter() - start, first or 0,
+                           backbone)  # fmt: skip
 
-    def _chunks(self, frames, cond_mask, level, model_level) -> list[Segments]:
-        ids = np.arange(len(frames))
+    def _chunks(self, frames, cond_mask, level, model_level, backbone="mtd",
+                chunk=None) -> list[Segments]:  # fmt: skip
+        ids, chunk = np.arange(len(frames)), chunk or self.chunk
         return [
             Segments(
-                frames[i : i + self.chunk],
-                cond_mask[i : i + self.chunk],
-                ids[i : i + self.chunk],
+                frames[i : i + chunk],
+                cond_mask[i : i + chunk],
+                ids[i : i + chunk],
                 level,
                 model_level,
+                backbone,
             )  # fmt: skip
-            for i in range(0, len(frames), self.chunk)
+            for i in range(0, len(frames), chunk)
         ]
+
+    def sample_segments(
+        self,
+        name: str,
+        frames: np.ndarray,
+        cond_mask: np.ndarray,
+        store: LatentStore,
+        seed: int,
+        level: int,
+        keep: Callable[[Segments], np.ndarray] | None = None,
+        progress: bool = True,
+        chunk: int | None = None,
+    ) -> LevelTiming:
+        """Samples clips with MarDini, as a hierarchy level samples its segments.
+
+        frames (S, L): absolute frame indices in `store` of each clip; cond_mask (S, L):
+        the given ones (already in `store`). The clips run `chunk` at a time (default:
+        max_segments_per_device x data devices, padded, sharded over `data`); noise keys
+        fold (seed, level, clip index). `keep(batch)` -> (s, L) bool: which outputs to store
+        (default: every generated frame). Returns the timing.
+        """
+        chunk = chunk or self.chunk
+        batches = self._chunks(frames, cond_mask, level, 0, "mardini", chunk)
+        keep = keep or (lambda segs: ~segs.cond_mask)
+        return self._run_level(name, batches, [], store, seed, keep, progress, chunk=chunk)
 
     # -----------------------------------------------------------------------------------
     # Schedules.
@@ -322,6 +464,11 @@ class Generator:
         """
         if schedule not in SCHEDULES:
             raise ValueError(f"generation.schedule: unknown {schedule!r}; use {SCHEDULES}")
+        if not self.models.mtds:
+            raise ValueError(
+                "no MTDs to generate a storyboard with: these networks are a VAE and a MarDini "
+                "only (a MarDini bundle serves the tasks: python -m nuwa_jax.generate --task=...)"
+            )
         n = len(prompts)
         if n < 2:
             raise ValueError(f"a video needs at least 2 frames, got {n} prompts")
@@ -342,7 +489,8 @@ class Generator:
             frames = plan.segments(j)
             cond = np.broadcast_to(plan.condition_mask(j), frames.shape)
             model = self.model_level(plan, j)
-            batches = self._chunks(frames, cond, j, model)
+            backbone = "mtd" if j == 0 else self.local_backbone
+            batches = self._chunks(frames, cond, j, model, backbone)
             keep = lambda s: ~s.cond_mask  # noqa: E731  (conditions are already final)
             name = "global" if j == 0 else f"local{model}"
             flush = lambda segs: stream.flush(store)  # noqa: E731

@@ -1,0 +1,250 @@
+"""MarDini tasks from the user's frames (nuwa_jax.mardini_tasks) and MarDini as the local
+backbone of Diffusion over Diffusion: plans per task, errors naming the file or flag, each
+task end to end on tiny random networks (given frames come out exactly as encoded),
+sharded == unsharded, the CLI, and DoD with MarDini locals (the MTD run's keyframes)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import av
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from configs import common
+from nuwa_jax import mardini_tasks as mt
+from nuwa_jax import parallel, video_io
+from nuwa_jax.hierarchy.generator import Generator, LatentStore
+from nuwa_jax.hierarchy.models import HierarchyModels
+from nuwa_jax.models.mtd import MTD
+from nuwa_jax.models.text import TextEncoder, make_tokenizer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+L = 5  # mardini.num_frames of the tiny size = hierarchy.frames_per_call below
+
+
+def tiny_config():
+    cfg = common.base("tiny")
+    cfg.data.resolution = 16
+    cfg.diffusion.num_sampling_steps = 2
+    cfg.hierarchy.frames_per_call = L
+    cfg.hierarchy.local_backbone = "mardini"
+    # Guidance (a doubled batch) for image-to-video only: one program less to compile.
+    cfg.mardini.guidance.video_expansion = cfg.mardini.guidance.arbitrary = 1.0
+    return cfg
+
+
+def fake(n, video=False):
+    return mt.TaskInputs(np.zeros((n, 16, 16, 3), np.uint8), ("in.mp4",) if video else
+                         tuple(f"{i}.png" for i in range(n)), video)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Three PNGs (24x32, not square: resized and cropped) and a 7-frame mp4 (20x24)."""
+    root = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    pngs = []
+    for i in range(3):
+        pngs.append(str(root / f"img{i}.png"))
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), np.uint8)).save(pngs[-1])
+    clip = str(root / "clip.mp4")
+    video_io.write_mp4(clip, [rng.integers(0, 255, (7, 20, 24, 3), np.uint8)], fps=8)
+    return pngs, clip
+
+
+@pytest.fixture(scope="module")
+def models():
+    """The VAE and a MarDini (what the tasks need), on 8 devices."""
+    cfg = tiny_config()
+    mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
+    return HierarchyModels.create(cfg, mesh, rules, mardini=True, mtds=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Plans and input errors (no networks).
+# ---------------------------------------------------------------------------------------
+def test_plans_place_the_given_frames():
+    p = mt.plan_task("interpolation", L, fake(2))
+    assert p.num_frames == L and p.positions.tolist() == [0, 4] and p.inputs.tolist() == [0, 1]
+    (one,) = p.passes
+    assert one.given.tolist() == [[True, False, False, False, True]]
+    assert (one.keep == ~one.given).all()
+    assert mt.plan_task("interpolation", L, fake(L, video=True)).inputs.tolist() == [0, 4]
+    assert mt.plan_task("image_to_video", L, fake(1)).positions.tolist() == [0]
+    # Expansion continues a video: its last frames are the prefix (default L // 2).
+    p = mt.plan_task("video_expansion", L, fake(7, video=True))
+    assert p.positions.tolist() == [0, 1] and p.inputs.tolist() == [5, 6]
+    assert mt.plan_task("video_expansion", L, fake(3)).positions.tolist() == [0, 1, 2]
+    p = mt.plan_task("arbitrary", L, fake(2), keep=[1, -1])
+    assert p.positions.tolist() == [1, 4]
+
+
+@pytest.mark.parametrize("clip", [3, 4, 5, 9])
+def test_slow_motion_passes_make_every_frame_once_from_known_frames(clip):
+    for n, factor in ((2, 2), (3, 4), (6, 2), (4, 8)):
+        p = mt.plan_task("slow_motion", clip, fake(n), factor=factor)
+        assert p.num_frames == (n - 1) * factor + 1
+        known = np.zeros(p.num_frames, bool)
+        known[p.positions] = True
+        assert p.positions.tolist() == list(range(0, p.num_frames, factor))
+        for one in p.passes:
+            assert one.frames.shape[1] == clip
+            assert known[one.frames[one.given]].all()  # given = known before this pass
+            made = one.frames[one.keep]
+            assert len(set(made.tolist())) == len(made) and not known[made].any()
+            known[made] = True
+        assert known.all(), (clip, n, factor)
+
+
+def test_bad_options_and_counts_name_the_flag_or_the_files(files, tmp_path):
+    pngs, clip = files
+    with pytest.raises(mt.TaskError, match=r"give 2 frames or a clip of 5 frames.*img0\.png"):
+        mt.plan_task("interpolation", L, mt.read_inputs(pngs[:1], 16))
+    with pytest.raises(mt.TaskError, match="keeps 1 of the clip's 5 frames.*7 frames of"):
+        mt.plan_task("image_to_video", L, mt.read_inputs([clip], 16))
+    with pytest.raises(mt.TaskError, match="--task=arbitrary needs --keep"):
+        mt.plan_task("arbitrary", L, fake(2))
+    with pytest.raises(mt.TaskError, match="--keep: .*frame 7 is outside"):
+        mt.plan_task("arbitrary", L, fake(2), keep=[0, 7])
+    with pytest.raises(mt.TaskError, match="--factor: .*power of two"):
+        mt.plan_task("slow_motion", L, fake(3), factor=3)
+    with pytest.raises(mt.TaskError, match="--prefix is an option of --task=video_expansion"):
+        mt.plan_task("interpolation", L, fake(2), prefix=1)
+    with pytest.raises(mt.TaskError, match="at least 2 frames"):
+        mt.plan_task("slow_motion", L, fake(1))
+    missing = str(tmp_path / "nope.png")
+    with pytest.raises(video_io.UnreadableFileError, match=f"{missing}: no such file"):
+        mt.read_inputs([pngs[0], missing], 16)
+    junk = tmp_path / "junk.png"
+    junk.write_text("not an image")
+    with pytest.raises(video_io.UnreadableFileError, match="junk.png: unreadable image"):
+        mt.read_inputs([str(junk)], 16)
+    bad_video = tmp_path / "bad.mp4"
+    bad_video.write_text("not a video")
+    with pytest.raises(video_io.UnreadableFileError, match="bad.mp4: unreadable video"):
+        mt.read_inputs([str(bad_video)], 16)
+    with pytest.raises(mt.TaskError, match="clip.mp4 is a video; give one video file"):
+        mt.read_inputs([pngs[0], clip], 16)
+
+
+# ---------------------------------------------------------------------------------------
+# Each task end to end (tiny random networks, 2 DDIM steps).
+# ---------------------------------------------------------------------------------------
+CASES = [  # task, which inputs, options, output frames
+    ("interpolation", "pngs:2", {}, L),
+    ("image_to_video", "pngs:1", {}, L),
+    ("video_expansion", "clip", {}, L),
+    ("arbitrary", "pngs:3", {"keep": [0, 2, 4]}, L),
+    ("slow_motion", "clip", {"factor": 2}, 13),
+]
+
+
+@pytest.mark.slow
+def test_each_task_keeps_the_given_frames(models, files, tmp_path):
+    pngs, clip = files
+    cfg = tiny_config()
+    mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
+    gen = Generator(cfg, models, mesh, rules, None)
+    for task, which, options, frames in CASES:
+        paths = [clip] if which == "clip" else pngs[: int(which.split(":")[1])]
+        out = tmp_path / task
+        result = mt.run_task(cfg, task, paths, str(out), models=models, progress=False,
+                             gif=False, **options)  # fmt: skip
+        plan = result.plan
+        assert result.latents.shape[0] == plan.num_frames == frames
+        # The given frames, encoded, sit at their positions exactly (written back every step).
+        encoded = gen.encode(mt.read_inputs(paths, 16).frames[plan.inputs])
+        np.testing.assert_allclose(result.given_latents, encoded, atol=1e-5)
+        np.testing.assert_array_equal(result.latents[plan.positions], result.given_latents)
+        generated = np.setdiff1d(np.arange(frames), plan.positions)
+        assert np.abs(result.latents[generated]).max() > 0
+        assert sorted(os.listdir(out)) == ["video.mp4", "video_frames.png", "video_timings.json"]
+        with av.open(str(out / "video.mp4")) as c:
+            assert sum(1 for _ in c.decode(video=0)) == frames
+        report = json.loads((out / "video_timings.json").read_text())
+        assert report["task"] == task and report["given_positions"] == plan.positions.tolist()
+        assert report["guidance_scale"] == cfg.mardini.guidance[task]
+        assert all(level["backbone"] == "mardini" for level in report["levels"])
+    # Slow motion: 13 frames from 7, one pass of 3 clips in one call on 8 devices; the
+    # same clips on 1 device, 2 per call (2 calls, one padded), give the same frames.
+    assert [(lv["segments"], lv["calls"]) for lv in report["levels"]] == [(3, 1)]
+    cfg1 = tiny_config()
+    cfg1.generation.max_segments_per_device = 2
+    mesh1 = parallel.make_mesh(cfg1.mesh, jax.devices()[:1])
+    alone = HierarchyModels(None, models.vae, (), (), mardini=models.mardini).reshard(mesh1, rules)
+    gen1 = Generator(cfg1, alone, mesh1, rules, None, mardini_guidance=1.0)
+    store = LatentStore(int(plan.passes[0].frames.max()) + 1, gen1.latent_shape)
+    store.put(plan.positions, np.ones(len(plan.positions), bool), result.given_latents)
+    (one,) = plan.passes
+    timing = gen1.sample_segments("x", one.frames, one.given, store, 0, 0,
+                                  lambda s: one.keep[s.segment_ids], progress=False)  # fmt: skip
+    assert timing.calls == 2
+    np.testing.assert_allclose(store.latents[:frames], result.latents, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_generate_cli_runs_a_task_and_refuses_bad_inputs(files, tmp_path):
+    pngs, _ = files
+    env = {**os.environ, "PYTHONPATH": REPO}
+    base = [sys.executable, "-m", "nuwa_jax.generate", "--config=configs/tiny.py",
+            "--config.data.resolution=16", "--random_weights", "--progress=false"]  # fmt: skip
+    kw = dict(capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
+    one = subprocess.run(base + ["--task=interpolation", f"--inputs={pngs[0]}"], **kw)
+    assert one.returncode == 2 and "give 2 frames" in one.stderr and pngs[0] in one.stderr
+    flag = subprocess.run(base + ["--task=interpolation", "--factor=2"], **kw)
+    assert flag.returncode == 2 and "--factor is an option of --task=slow_motion" in flag.stderr
+    out = tmp_path / "out"
+    ok = subprocess.run(base + ["--task=interpolation", f"--inputs={pngs[0]},{pngs[1]}",
+                                "--steps=1", f"--out={out}"], **kw)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert sorted(os.listdir(out)) == ["video.gif", "video.mp4", "video_frames.png",
+                                       "video_timings.json"]  # fmt: skip
+    report = json.loads((out / "video_timings.json").read_text())
+    assert report["weights"] == {"source": "random"} and report["num_frames"] == L
+    assert "interpolation: 5 frames" in ok.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# Diffusion over Diffusion with MarDini locals.
+# ---------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_dod_with_mardini_locals_keeps_the_mtd_keyframes(models):
+    cfg = tiny_config()
+    cfg.diffusion.guidance_scale = 1.0  # the MTDs' guidance is tested elsewhere
+    # 2 data devices: a level's 2 segments are one call, each device one of them.
+    mesh, rules = parallel.make_mesh(cfg.mesh, jax.devices()[:2]), parallel.logical_rules(cfg)
+    make = lambda ctor, seed: parallel.create_sharded_model(  # noqa: E731
+        lambda: ctor(nnx.Rngs(seed)), mesh, rules
+    )
+    text = make(lambda r: TextEncoder(cfg.text, cfg.compute, rngs=r), 0)
+    mtd = make(lambda r: MTD(cfg.mtd, cfg.compute, rngs=r), 2)
+    moved = models.reshard(mesh, rules)
+    # One MTD at both levels (cheap: one compile); the local one runs only in the MTD run.
+    nets = HierarchyModels(text, moved.vae, (mtd, mtd), (None, None), (), moved.mardini)
+    gen = Generator(cfg, nets, mesh, rules, make_tokenizer(cfg.text))
+    prompts = ["a small red circle walks left"] * 5 + ["a big blue square jumps"] * 4
+    video = gen.generate(prompts, seed=3, progress=False)  # depth 2: global + 2 segments
+    assert [(t.level, t.backbone, t.segments, t.calls) for t in video.timings] == [
+        ("global", "mtd", 1, 1), ("local1", "mardini", 2, 1)]  # fmt: skip
+    assert video.store.done[:9].all()
+    gen.local_backbone = "mtd"  # the same networks, MTD locals
+    mtd_video = gen.generate(prompts, seed=3, progress=False)
+    keyframes = video.plan.segments(0)[0]
+    np.testing.assert_array_equal(
+        video.store.latents[keyframes], mtd_video.store.latents[keyframes]
+    )
+    middle = np.setdiff1d(np.arange(9), keyframes)
+    assert np.abs(video.latents[middle] - mtd_video.latents[middle]).max() > 1e-3
+    # A segment must be one MarDini clip; the error names both keys.
+    bad = tiny_config()
+    bad.mardini.num_frames = 4
+    with pytest.raises(ValueError, match=r"mardini.num_frames \(4\) == hierarchy.frames_per_call"):
+        Generator(bad, nets, mesh, rules, make_tokenizer(bad.text))
+    with pytest.raises(ValueError, match="no MarDini network"):
+        Generator(cfg, HierarchyModels(text, moved.vae, (mtd, mtd), (None, None)), mesh, rules,
+                  make_tokenizer(cfg.text))  # fmt: skip

@@ -7,13 +7,14 @@ It runs the whole Diffusion-over-Diffusion path of `nuwa_jax.generate` on the de
 and the demo storyboard (`configs/storyboards/demo.txt`), writing the mp4, gif, keyframe
 contact sheet, filmstrip and per-level timings to `--out`.
 
-No trained demo checkpoint ships yet, so by default the networks are randomly initialised
-(the outputs say so in `video_timings.json`: "weights": {"source": "random"}): what this
-shows today is the machinery (plan, parallel levels, streaming decode, outputs) and its
-speed. `--checkpoint=BUNDLE` runs the same job on trained weights (a hierarchy bundle
-from `python -m nuwa_jax.export`); the config is then the bundle's (with any
-`--config.*` overrides), and sampling uses its diffusion.num_sampling_steps unless
-`--steps` is given.
+Weights: the demo bundle `checkpoints/demo/demo.{json,safetensors}` when the repository
+has it (trained by `make train-demo`, see docs/quickstart.md; its sha256 is verified before
+use), else randomly initialised networks, which the outputs say (`video_timings.json`:
+"weights": {"source": "random"}): then what runs is the machinery (plan, parallel levels,
+streaming decode, outputs) and its speed. `--checkpoint=BUNDLE` picks another bundle
+(`python -m nuwa_jax.export`), `--random_weights` forces random ones. With a bundle the
+config is the bundle's (with any `--config.*` overrides), and sampling uses its
+diffusion.num_sampling_steps unless `--steps` is given.
 """
 
 from __future__ import annotations
@@ -38,16 +39,27 @@ _STEPS = flags.DEFINE_integer(
     "config's with --checkpoint).",
 )
 _CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "Hierarchy bundle to generate with (default: random weights)."
+    "checkpoint", None, "Hierarchy bundle to generate with (default: the demo bundle)."
 )
+_RANDOM = flags.DEFINE_bool("random_weights", False, "Random networks even if a bundle exists.")
 RANDOM_WEIGHTS_STEPS = 4
 
 STORYBOARD = os.path.join(cli.repo_root(), "configs", "storyboards", "demo.txt")
+DEMO_BUNDLE = os.path.join(cli.repo_root(), "checkpoints", "demo", "demo")
+
+
+def default_checkpoint() -> str | None:
+    """The shipped demo bundle's stem if both its files are present, else None."""
+    if all(os.path.exists(DEMO_BUNDLE + ext) for ext in (".json", ".safetensors")):
+        return DEMO_BUNDLE
+    return None
 
 
 def main(argv: list[str]) -> None:
     del argv
-    checkpoint = _CHECKPOINT.value
+    checkpoint = None if _RANDOM.value else (_CHECKPOINT.value or default_checkpoint())
+    if _RANDOM.value and _CHECKPOINT.value:
+        raise SystemExit("--random_weights and --checkpoint exclude each other")
     if checkpoint:
         from nuwa_jax.hierarchy import bundle
 

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Trains the demo hierarchy (configs/demo.py) on the synthetic benchmark and exports the
+# bundle that `make demo` uses: `make train-demo`, or
+#   bash launch/train_demo.sh [RUN_DIR]          (default runs/demo)
+#
+# Stages, each a resumable trainer run in RUN_DIR (orbax checkpoints every
+# train.checkpoint_every steps): rerunning the script after a kill, a preemption or the
+# end of a session resumes the unfinished stage and skips finished ones.
+#   1. data      the synthetic benchmark, rendered once (by the first trainer run)
+#   2. vae       the T-KLVAE (L1 + KL)
+#   3. latents   the VAE's posterior moments of every training frame (a latent store)
+#   4. global    the global MTD (level 0) on the latent store
+#   5. local     the one local MTD shared by levels 1 and 2 (level embedding), on both
+#   6. export    EMA weights, 16-bit, one checksummed bundle -> $BUNDLE
+# Step counts: VAE_STEPS, GLOBAL_STEPS, LOCAL_STEPS (VAE_BATCH: the VAE's batch); other overrides for every stage in
+# EXTRA (e.g. EXTRA="--config.data.batch_size=16"). PYTHON picks the interpreter.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${1:-runs/demo}
+PYTHON=${PYTHON:-.venv/bin/python}
+BUNDLE=${BUNDLE:-checkpoints/demo/demo}
+VAE_STEPS=${VAE_STEPS:-1500}
+VAE_BATCH=${VAE_BATCH:-4}  # clips of 16 frames: the 32 px VAE costs more per clip than an MTD
+GLOBAL_STEPS=${GLOBAL_STEPS:-4000}
+LOCAL_STEPS=${LOCAL_STEPS:-6000}
+EXTRA=${EXTRA:-}
+CONFIG=configs/demo.py
+DATA="--config.data.data_dir=$RUN/data"
+mkdir -p "$RUN"
+stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
+
+stamp "vae: $VAE_STEPS steps in $RUN/vae"
+# shellcheck disable=SC2086
+$PYTHON -m nuwa_jax.train --config=$CONFIG --workdir="$RUN/vae" $DATA \
+  --config.train.model=vae --config.train.num_steps="$VAE_STEPS" --config.data.batch_size="$VAE_BATCH" \
+  --config.train.sample_every=500 $EXTRA
+
+if [ ! -f "$RUN/latents/metadata.json" ]; then
+  stamp "latents: $RUN/latents"
+  # shellcheck disable=SC2086
+  $PYTHON -m nuwa_jax.data.latents --config=$CONFIG --vae_workdir="$RUN/vae" $DATA \
+    --out="$RUN/latents" $EXTRA
+fi
+
+LATENTS="--config.data.latents_dir=$RUN/latents --config.train.model=mtd --config.train.sample_every=0"
+stamp "global MTD: $GLOBAL_STEPS steps in $RUN/mtd_global"
+# shellcheck disable=SC2086
+$PYTHON -m nuwa_jax.train --config=$CONFIG --workdir="$RUN/mtd_global" $DATA $LATENTS \
+  --config.train.level=0 --config.train.num_steps="$GLOBAL_STEPS" $EXTRA
+stamp "local MTD (levels 1 and 2): $LOCAL_STEPS steps in $RUN/mtd_local"
+# shellcheck disable=SC2086
+$PYTHON -m nuwa_jax.train --config=$CONFIG --workdir="$RUN/mtd_local" $DATA $LATENTS \
+  --config.train.level=1 --config.train.num_steps="$LOCAL_STEPS" $EXTRA
+
+stamp "export: $BUNDLE"
+mkdir -p "$(dirname "$BUNDLE")"
+# shellcheck disable=SC2086
+$PYTHON -m nuwa_jax.export --config=$CONFIG --vae_workdir="$RUN/vae" \
+  --mtd_workdirs="$RUN/mtd_global,$RUN/mtd_local" --out="$BUNDLE" $EXTRA
+stamp "done: $BUNDLE.json / $BUNDLE.safetensors"

@@ -145,24 +145,25 @@ def _upstream_tiny(widths=(4, 4, 8, 8, 8), seed=0):
     return vgg, lin
 
 
+def _conversion_error(tmp_path, vgg, lin) -> str:
+    common.save_safetensors(vgg, tmp_path / "vgg.safetensors")
+    common.save_safetensors(lin, tmp_path / "lin.safetensors")
+    with pytest.raises(common.WeightImportError) as e:
+        convert_lpips.convert(tmp_path / "vgg.safetensors", tmp_path / "lin.safetensors",
+                              tmp_path / "out.safetensors")  # fmt: skip
+    return str(e.value)
+
+
 def test_converter_names_missing_and_misshaped_key_and_file(tmp_path):
     vgg, lin = _upstream_tiny()
     del vgg["features.7.weight"]
     lin["lin2.model.1.weight"] = lin["lin2.model.1.weight"][:, :3]
-    common.save_safetensors(vgg, tmp_path / "vgg.safetensors")
-    common.save_safetensors(lin, tmp_path / "lin.safetensors")
-    with pytest.raises(common.WeightImportError) as e:
-        convert_lpips.convert(tmp_path / "vgg.safetensors", tmp_path / "lin.safetensors",
-                              tmp_path / "out.safetensors")  # fmt: skip
-    assert "features.7.weight" in str(e.value) and "vgg.safetensors" in str(e.value)
+    error = _conversion_error(tmp_path, vgg, lin)
+    assert "features.7.weight" in error and "vgg.safetensors" in error
     vgg, lin = _upstream_tiny()
     lin["lin2.model.1.weight"] = lin["lin2.model.1.weight"][:, :3]
-    common.save_safetensors(vgg, tmp_path / "vgg.safetensors")
-    common.save_safetensors(lin, tmp_path / "lin.safetensors")
-    with pytest.raises(common.WeightImportError) as e:
-        convert_lpips.convert(tmp_path / "vgg.safetensors", tmp_path / "lin.safetensors",
-                              tmp_path / "out.safetensors")  # fmt: skip
-    assert "lin2.model.1.weight" in str(e.value) and "lin.safetensors" in str(e.value)
+    error = _conversion_error(tmp_path, vgg, lin)
+    assert "lin2.model.1.weight" in error and "lin.safetensors" in error
     assert not (tmp_path / "out.safetensors").exists()
     # Our layout, read back: a mis-shaped key is named with the file.
     _, lin = _upstream_tiny()

@@ -342,7 +342,7 @@ def train_config(preset: str) -> ml_collections.ConfigDict:
             grad_clip_norm=1.0,  # global-norm clipping (0: off)
             grad_accum_steps=1,  # micro-batches per optimiser update (optax.MultiSteps)
             # EMA of parameters (0: EMA = params); demo runs are thousands of steps.
-            ema_decay={"tiny": 0.99, "demo": 0.999}.get(preset, 0.9999),
+            ema_decay={"tiny": 0.99, "demo": 0.995}.get(preset, 0.9999),
             # 'vae': loss = L1 + kl_weight * KL (KL summed per frame, averaged over frames).
             kl_weight=1e-6,
             # 'vae' extra terms (docs/training.md): + perceptual_weight * LPIPS(recon, video),

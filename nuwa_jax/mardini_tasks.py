@@ -302,20 +302,15 @@ def run_task(config: Any, task: str, inputs: Sequence[str] = (), out_dir: str = 
     g = config.generation
     sheet_at = video_io.filmstrip_indices(plan.num_frames, CONTACT_SHEET_FRAMES)
     gif_at = video_io.filmstrip_indices(plan.num_frames, g.gif_max_frames)
-    wanted = set(sheet_at.tolist()) | set(gif_at.tolist())
-    picked: dict[int, np.ndarray] = {}
-    with video_io.Mp4Writer(os.path.join(out_dir, f"{name}.mp4"), g.fps, res, res) as writer:
-        start = 0
+    keep = np.concatenate([sheet_at, gif_at])
+    mp4 = os.path.join(out_dir, f"{name}.mp4")
+    with video_io.Mp4Writer(mp4, g.fps, res, res, keep=keep) as writer:
         for frames in video.frames():
             writer.write(frames)
-            picked.update({start + i: f for i, f in enumerate(frames) if start + i in wanted})
-            start += len(frames)
-    video_io.write_contact_sheet(
-        os.path.join(out_dir, f"{name}_frames.png"), np.stack([picked[i] for i in sheet_at])
-    )
+    video_io.write_contact_sheet(os.path.join(out_dir, f"{name}_frames.png"), writer.kept(sheet_at))
     if gif:
-        gif_frames = np.stack([picked[i] for i in gif_at])
-        video_io.write_gif(os.path.join(out_dir, f"{name}.gif"), gif_frames, g.fps, len(gif_at))
+        video_io.write_gif(os.path.join(out_dir, f"{name}.gif"), writer.kept(gif_at), g.fps,
+                           len(gif_at))  # fmt: skip
     report = dict(
         video.timing_report(),
         task=task,

@@ -70,24 +70,22 @@ def run_generation(config: Any, board: storyboard.Storyboard, out_dir: str, name
     res = config.data.resolution
     strip_at = video_io.filmstrip_indices(n, g.filmstrip_frames)
     gif_at = video_io.filmstrip_indices(n, g.gif_max_frames)
-    wanted = set(strip_at.tolist()) | set(gif_at.tolist())
-    picked: dict[int, np.ndarray] = {}  # the few frames the filmstrip and gif show
+    keep = np.concatenate([strip_at, gif_at])  # the few frames the filmstrip and gif show
 
-    with video_io.Mp4Writer(mp4, g.fps, res, res) as writer:
+    with video_io.Mp4Writer(mp4, g.fps, res, res, keep=keep) as writer:
 
         def on_frames(start: int, frames: np.ndarray) -> None:
+            if start != writer.frames_written:
+                raise RuntimeError(f"frames from {start} arrived after {writer.frames_written}")
             writer.write(frames)
-            picked.update({start + k: f for k, f in enumerate(frames) if start + k in wanted})
 
         video = generator.generate(prompts, seed, g.schedule, progress, on_frames)
 
     video_io.write_contact_sheet(os.path.join(out_dir, f"{name}_keyframes.png"), video.keyframes())
-    video_io.write_filmstrip(
-        os.path.join(out_dir, f"{name}_filmstrip.png"), np.stack([picked[i] for i in strip_at])
-    )
+    video_io.write_filmstrip(os.path.join(out_dir, f"{name}_filmstrip.png"), writer.kept(strip_at))
     if gif:
-        gif_frames = np.stack([picked[i] for i in gif_at])
-        video_io.write_gif(os.path.join(out_dir, f"{name}.gif"), gif_frames, g.fps, len(gif_at))
+        video_io.write_gif(os.path.join(out_dir, f"{name}.gif"), writer.kept(gif_at), g.fps,
+                           len(gif_at))  # fmt: skip
     report = dict(
         video.timing_report(),
         schedule=g.schedule,

@@ -43,10 +43,13 @@ def _temp_path(path: str) -> str:
 class Mp4Writer:
     """Streams uint8 or [-1, 1] frames (H, W, 3) to an H.264 mp4, renamed into place on close.
 
-    Use as a context manager; an exception inside removes the partial file.
+    Use as a context manager; an exception inside removes the partial file. `keep`: frame
+    indices whose (uint8) frames are kept in memory as they stream by, for the stills
+    (contact sheet, filmstrip, gif) written next to the mp4: `kept(indices)`.
     """
 
-    def __init__(self, path: str, fps: float, height: int, width: int, crf: int = 18):
+    def __init__(self, path: str, fps: float, height: int, width: int, crf: int = 18,
+                 keep: Iterable[int] = ()):  # fmt: skip
         import av
 
         if height % 2 or width % 2:
@@ -60,6 +63,8 @@ class Mp4Writer:
         self._stream.pix_fmt = "yuv420p"
         self._stream.options = {"crf": str(crf)}
         self.frames_written = 0
+        self._keep = {int(i) for i in keep}
+        self._kept: dict[int, np.ndarray] = {}
 
     def write(self, frames: np.ndarray) -> None:
         """Appends frames (N, H, W, 3) or one frame (H, W, 3)."""
@@ -69,7 +74,13 @@ class Mp4Writer:
         for frame in frames[None] if frames.ndim == 3 else frames:
             for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 self._container.mux(packet)
+            if self.frames_written in self._keep:
+                self._kept[self.frames_written] = frame
             self.frames_written += 1
+
+    def kept(self, indices: Iterable[int]) -> np.ndarray:
+        """The kept frames at `indices` (each given in `keep`), stacked (N, H, W, 3) uint8."""
+        return np.stack([self._kept[int(i)] for i in indices])
 
     def close(self) -> None:
         for packet in self._stream.encode():

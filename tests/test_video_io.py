@@ -61,3 +61,14 @@ def test_odd_sizes_are_refused(tmp_path):
     with pytest.raises(ValueError, match="even frame sizes"):
         video_io.write_mp4(str(tmp_path / "v.mp4"), [frames(h=31)], fps=8)
     assert os.listdir(tmp_path) == []
+
+
+def test_mp4_writer_keeps_the_frames_asked_for(tmp_path):
+    """keep=: the stills' frames, as uint8, by index across write calls; others are not kept."""
+    video = frames()
+    with video_io.Mp4Writer(str(tmp_path / "v.mp4"), 8, 32, 48, keep=[0, 6, 11]) as writer:
+        writer.write(video[:5])
+        writer.write(video[5:])
+    np.testing.assert_array_equal(writer.kept([6, 0, 11]), video_io.to_uint8(video[[6, 0, 11]]))
+    with pytest.raises(KeyError):
+        writer.kept([3])

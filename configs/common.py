@@ -261,6 +261,10 @@ def data_config(preset: str) -> ml_collections.ConfigDict:
             # Local windows start only on the level-above grid (multiples of s_{j-1}),
             # exactly like the segments of generation; False: at any frame.
             align_windows=False,
+            # Share of finest-level windows trained with the AR baseline's masks (the
+            # first k <= generation.ar_context_frames frames given) instead of first + last,
+            # so that one local MTD serves both schedules of the DoD-vs-AR comparison.
+            ar_mask_prob={"demo": 0.25}.get(preset, 0.0),
             shuffle_seed=0,  # window order; each host adds its process index
             max_bad_retries=16,  # skip_bad: bad windows in a row before giving up
             read_threads={"tiny": 2, "demo": 2}.get(preset, 16),  # loader threads per host

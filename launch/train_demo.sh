@@ -12,8 +12,9 @@
 #   4. global    the global MTD (level 0) on the latent store
 #   5. local     the one local MTD shared by levels 1 and 2 (level embedding), on both
 #   6. export    EMA weights, 16-bit, one checksummed bundle -> $BUNDLE
-# Step counts: VAE_STEPS, GLOBAL_STEPS, LOCAL_STEPS (VAE_BATCH: the VAE's batch); other overrides for every stage in
-# EXTRA (e.g. EXTRA="--config.data.batch_size=16"). PYTHON picks the interpreter.
+# Step counts: VAE_STEPS, GLOBAL_STEPS, LOCAL_STEPS; batches: VAE_BATCH (the VAE's), MTD_BATCH
+# (both MTDs'); other overrides for every stage in EXTRA (e.g. EXTRA="--config.data.worker_count=4").
+# PYTHON picks the interpreter. The shipped bundle's recipe is in docs/quickstart.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/demo}
@@ -23,6 +24,7 @@ VAE_STEPS=${VAE_STEPS:-1500}
 VAE_BATCH=${VAE_BATCH:-4}  # clips of 16 frames: the 32 px VAE costs more per clip than an MTD
 GLOBAL_STEPS=${GLOBAL_STEPS:-4000}
 LOCAL_STEPS=${LOCAL_STEPS:-6000}
+MTD_BATCH=${MTD_BATCH:-8}
 EXTRA=${EXTRA:-}
 CONFIG=configs/demo.py
 DATA="--config.data.data_dir=$RUN/data"
@@ -43,6 +45,7 @@ if [ ! -f "$RUN/latents/metadata.json" ]; then
 fi
 
 LATENTS="--config.data.latents_dir=$RUN/latents --config.train.model=mtd --config.train.sample_every=0"
+LATENTS="$LATENTS --config.data.batch_size=$MTD_BATCH"
 stamp "global MTD: $GLOBAL_STEPS steps in $RUN/mtd_global"
 # shellcheck disable=SC2086
 $PYTHON -m nuwa_jax.train --config=$CONFIG --workdir="$RUN/mtd_global" $DATA $LATENTS \

@@ -195,6 +195,34 @@ def test_mixed_levels_and_epochs(data_dir):
     assert {lv for lv, _, _ in seen} == {0, 1}
 
 
+def test_ar_masks_on_finest_windows_only(data_dir):
+    """data.ar_mask_prob: finest-level windows get the AR baseline's masks (the first k of
+    ar_context_frames frames, k = 0 included), the global level keeps its own; the same
+    windows and masks again on a second pass (deterministic per record)."""
+    plan = HierarchyPlan.full(4, 2)
+    cfg = make_config(batch_size=8, ar_mask_prob=1.0)
+    cfg.generation.ar_context_frames = 2
+
+    def masks():
+        it = pipeline.make_iterator(
+            cfg, ByteTokenizer(TOKENS), data_dir=data_dir, process_index=0, process_count=1
+        )
+        return [
+            (int(lv), tuple(m)) for b in take(it, 6) for lv, m in zip(b["level"], b["cond_mask"])
+        ]
+
+    got = masks()
+    prefixes = {tuple(np.arange(4) < k) for k in (0, 1, 2)}
+    assert {m for lv, m in got if lv == 1} == prefixes  # every k seen, never first + last
+    assert {m for lv, m in got if lv == 0} == {tuple(plan.condition_mask(0))}
+    assert masks() == got
+    with pytest.raises(ValueError, match=r"data.ar_mask_prob=1.5 must be in \[0, 1\]"):
+        pipeline.make_dataset(
+            make_config(ar_mask_prob=1.5), ByteTokenizer(TOKENS), data_dir=data_dir,
+            process_index=0, process_count=1,
+        )  # fmt: skip
+
+
 def test_levels_and_batch_validation(data_dir):
     tok = ByteTokenizer(TOKENS)
     with pytest.raises(ValueError, match="level=2"):

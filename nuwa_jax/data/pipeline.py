@@ -292,8 +292,18 @@ class LoadWindow(grain.transforms.RandomMap):
         max_bad_retries: int = 16,
         decode_images: bool = True,
         transform: Callable[[Example], Example] | None = None,
+        ar_mask_prob: float = 0.0,
+        ar_context_frames: int = 1,
     ):
+        if not 0.0 <= ar_mask_prob <= 1.0:
+            raise ValueError(f"data.ar_mask_prob={ar_mask_prob} must be in [0, 1]")
+        if not 1 <= ar_context_frames < plan.frames_per_call:
+            raise ValueError(
+                f"generation.ar_context_frames={ar_context_frames} must be in "
+                f"[1, {plan.frames_per_call})"
+            )
         self.store, self.plan, self.index, self.tokenizer = store, plan, index, tokenizer
+        self.ar_mask_prob, self.ar_context_frames = float(ar_mask_prob), int(ar_context_frames)
         self.resolution = int(resolution)
         self.skip_bad, self.max_bad_retries = bool(skip_bad), int(max_bad_retries)
         self.decode_images, self.transform = bool(decode_images), transform
@@ -342,6 +352,17 @@ class LoadWindow(grain.transforms.RandomMap):
                     ) from e
                 element = self.index[int(rng.integers(len(self.index)))]
         example["bad_records"] = np.int32(bad)
+        if (
+            self.ar_mask_prob > 0
+            and int(example["level"]) == self.plan.depth - 1
+            and rng.random() < self.ar_mask_prob
+        ):
+            # The AR baseline's calls (Generator._generate_ar) on this same finest-level
+            # window: the first k frames given, k uniform in {0 (its first segment), ...,
+            # ar_context_frames (every later one)}.
+            mask = np.zeros(self.plan.frames_per_call, bool)
+            mask[: int(rng.integers(0, self.ar_context_frames + 1))] = True
+            example["cond_mask"] = mask
         if self.transform is not None:
             example = self.transform(example)
         return example
@@ -444,6 +465,8 @@ def make_dataset(
         max_bad_retries=data.max_bad_retries,
         decode_images=decode_images,
         transform=transform,
+        ar_mask_prob=data.ar_mask_prob,
+        ar_context_frames=config.generation.ar_context_frames,
     )
     # Hosts hold different windows and shuffle with different seeds; uint32 for grain.
     shuffle_seed, load_seed = (

@@ -51,7 +51,7 @@ from nuwa_jax.models.mardini import MarDini
 from nuwa_jax.models.mtd import MTD
 from nuwa_jax.models.text import TextEncoder, make_tokenizer
 from nuwa_jax.train import checkpoint as ckpt
-from nuwa_jax.train import curriculum, losses, samples
+from nuwa_jax.train import curriculum, losses, metric_log, samples
 from nuwa_jax.train import state as state_lib
 
 MODELS = ("vae", "mtd", "mardini")
@@ -500,16 +500,20 @@ def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = No
     # -----------------------------------------------------------------------------------
     # Metrics, samples, profiler.
     # -----------------------------------------------------------------------------------
-    from clu import metric_writers, periodic_actions
-
     lead = jax.process_index() == 0
-    writer = metric_writers.create_default_writer(workdir, just_logging=not lead)
-    progress = periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer)
+    writer, progress = metric_log.create(workdir, lead, t.num_steps)
     jsonl = os.path.join(workdir, METRICS_FILE)
     if step == 0 and lead:
         writer.write_hparams({k: v for k, v in config.train.items() if not isinstance(v, dict)})
     profile = None
     if t.profile_steps > 0 and lead:  # traces steps profile_first_step + 1 .. + profile_steps
+        if not metric_log.have_clu_writers():
+            raise ValueError(
+                f"train.profile_steps={t.profile_steps} needs clu's Profile, whose package "
+                "imports TensorFlow (not installed here); set --config.train.profile_steps=0"
+            )
+        from clu import periodic_actions
+
         profile = periodic_actions.Profile(
             logdir=workdir,
             num_profile_steps=t.profile_steps,
@@ -537,8 +541,19 @@ def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = No
                 batch = next(batches)
                 state, metrics = train_step(state, batch)
                 step += 1
+                bad_records = bad_records + metrics.pop("bad_records")  # stays on device
+                checkpoint_now = step % t.checkpoint_every == 0 or step == stop_at
+                log_now = step % t.log_every == 0 or step == stop_at
+                sample_now = sampler is not None and step % t.sample_every == 0
+                progress(step, time.time())
+                if profile is not None:
+                    profile(step)
+                stop = _any_process(preemption.requested)  # every process stops together
+                if not (log_now or checkpoint_now or sample_now or stop):
+                    continue  # no host sync: the next step is dispatched at once
+                # The finite check runs before every write and every save, so a checkpoint
+                # never holds a non-finite state.
                 metrics = jax.device_get(metrics)
-                bad_records += int(metrics.pop("bad_records"))
                 if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
                     checkpointer.wait()
                     raise NonFiniteError(
@@ -546,24 +561,20 @@ def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = No
                         f"{metrics['grad_norm']}; stopped, last good checkpoint: "
                         f"{checkpointer.latest_step()} in {checkpointer.directory}"
                     )
-                progress(step, time.time())
-                if profile is not None:
-                    profile(step)
-                if step % t.log_every == 0 or step == stop_at:
+                if log_now:
                     now = time.perf_counter()
                     scalars = {k: float(v) for k, v in metrics.items()}
                     scalars["steps_per_sec"] = (step - tick_step) / max(now - tick, 1e-9)
-                    scalars["bad_records"] = bad_records  # since the previous log line
+                    scalars["bad_records"] = int(bad_records)  # since the previous log line
                     tick, tick_step, bad_records = now, step, 0
                     writer.write_scalars(step, scalars)
                     if lead:
                         _write_jsonl(jsonl, {"step": step, **scalars})
-                if sampler is not None and step % t.sample_every == 0:
+                if sample_now:
                     started = time.perf_counter()
                     sampler.write(step, state.ema, writer, workdir)
                     tick += time.perf_counter() - started  # steps_per_sec: training only
-                stop = _any_process(preemption.requested)  # every process stops together
-                if step % t.checkpoint_every == 0 or step == stop_at or stop:
+                if checkpoint_now or stop:
                     checkpointer.save(step, state, iterator, config)
         if checkpointer.latest_step() != step:  # e.g. resumed at the end already
             checkpointer.save(step, state, iterator, config)

@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: venv venv-dev demo train-demo test lint format describe clean
+.PHONY: venv venv-dev demo train-demo table1 test lint format describe clean
 
 venv: $(VENV)/.runtime
 venv-dev: $(VENV)/.dev
@@ -31,6 +31,10 @@ demo: venv
 # Trains the demo hierarchy and exports its bundle (resumable: rerun to continue).
 train-demo: venv
 	bash launch/train_demo.sh runs/demo
+
+# Table 1 (DoD vs AR at 16 / 256 / 1024 frames) with the demo bundle -> docs/results.md.
+table1: venv
+	bash launch/table1.sh runs/table1
 
 # Line 2 of the README: lint, format check and the whole test suite (8 simulated devices).
 # Two pytest workers (pytest-xdist), a test file per worker so module fixtures are shared:

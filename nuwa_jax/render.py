@@ -9,6 +9,7 @@ renamed when complete.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -28,18 +29,23 @@ def write_json(path: str, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def run_generation(config: Any, board: storyboard.Storyboard, out_dir: str, name: str,
-                   seed: int, random_weights: bool, gif: bool = True, progress: bool = True,
-                   checkpoint: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """Builds the models, generates, writes every output; returns the report.
+@dataclasses.dataclass
+class Built:
+    """A hierarchy's networks, ready to generate: the generator and where its weights came from."""
+
+    generator: Any  # nuwa_jax.hierarchy.generator.Generator
+    manifest: dict[str, Any] | None  # the bundle's manifest; None: random weights
+    build_seconds: float
+
+
+def build(config: Any, checkpoint: str | None = None, random_weights: bool = False) -> Built:
+    """The networks of `config` sharded on the local mesh, with their weights.
 
     Weights: `checkpoint`, a hierarchy bundle (nuwa_jax/hierarchy/bundle.py; `config`
     must agree with its architecture fields, e.g. `bundle.generation_config(checkpoint)`),
     or `random_weights` (the config's initialisation); exactly one.
     """
-    import numpy as np
-
-    from nuwa_jax.hierarchy import bundle, full_length
+    from nuwa_jax.hierarchy import bundle
     from nuwa_jax.hierarchy.generator import Generator
     from nuwa_jax.hierarchy.models import HierarchyModels
     from nuwa_jax.models.text import make_tokenizer
@@ -52,9 +58,6 @@ def run_generation(config: Any, board: storyboard.Storyboard, out_dir: str, name
             "trainer runs) or --random_weights to run the real pipeline on randomly "
             "initialised networks"
         )
-    h, g = config.hierarchy, config.generation
-    n = g.num_frames or full_length(h.frames_per_call, h.depth)
-    prompts = board.frame_prompts(n)
     mesh, rules = parallel.make_mesh(config.mesh), parallel.logical_rules(config)
     t0 = time.perf_counter()
     manifest = None
@@ -65,6 +68,29 @@ def run_generation(config: Any, board: storyboard.Storyboard, out_dir: str, name
         models = HierarchyModels.create(config, mesh, rules)
     build_s = time.perf_counter() - t0
     generator = Generator(config, models, mesh, rules, make_tokenizer(config.text))
+    return Built(generator, manifest, build_s)
+
+
+def write_video(
+    built: Built,
+    prompts: list[str],
+    out_dir: str,
+    name: str,
+    seed: int,
+    schedule: str,
+    gif: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Generates one video of len(prompts) frames with `schedule` ('dod' or 'ar'), writes
+    every output under `out_dir` (mp4, keyframes, filmstrip, gif, <name>_timings.json);
+    returns the report. The built generator's jitted functions are reused across calls."""
+    import numpy as np
+
+    from nuwa_jax.hierarchy import bundle
+
+    generator = built.generator
+    config, g, n = generator.config, generator.config.generation, len(prompts)
+    mesh = generator.mesh
     os.makedirs(out_dir, exist_ok=True)
     mp4 = os.path.join(out_dir, f"{name}.mp4")
     res = config.data.resolution
@@ -79,7 +105,7 @@ def run_generation(config: Any, board: storyboard.Storyboard, out_dir: str, name
                 raise RuntimeError(f"frames from {start} arrived after {writer.frames_written}")
             writer.write(frames)
 
-        video = generator.generate(prompts, seed, g.schedule, progress, on_frames)
+        video = generator.generate(prompts, seed, schedule, progress, on_frames)
 
     video_io.write_contact_sheet(os.path.join(out_dir, f"{name}_keyframes.png"), video.keyframes())
     video_io.write_filmstrip(os.path.join(out_dir, f"{name}_filmstrip.png"), writer.kept(strip_at))
@@ -88,20 +114,34 @@ def run_generation(config: Any, board: storyboard.Storyboard, out_dir: str, name
                            len(gif_at))  # fmt: skip
     report = dict(
         video.timing_report(),
-        schedule=g.schedule,
+        schedule=schedule,
         local_backbone=generator.local_backbone,
         config=config.preset,
         seed=seed,
-        random_weights=not checkpoint,
-        weights=bundle.weights_report(manifest),
+        random_weights=built.manifest is None,
+        weights=bundle.weights_report(built.manifest),
         devices=[str(d) for d in mesh.devices.flat],
         mesh=dict(mesh.shape),
         chunk_segments=generator.chunk,
-        build_seconds=build_s,
-        parameters=models.parameter_counts(),
+        build_seconds=built.build_seconds,
+        parameters=generator.models.parameter_counts(),
         outputs=sorted(
             f for f in os.listdir(out_dir) if f.startswith(name + "_") or f.startswith(name + ".")
         ),
     )
     write_json(os.path.join(out_dir, f"{name}_timings.json"), report)
     return report
+
+
+def run_generation(config: Any, board: storyboard.Storyboard, out_dir: str, name: str,
+                   seed: int, random_weights: bool, gif: bool = True, progress: bool = True,
+                   checkpoint: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Builds the models (`build`), generates `config.generation.num_frames` frames (default
+    N(depth)) of `board` with the config's schedule, writes every output; returns the report."""
+    from nuwa_jax.hierarchy import full_length
+
+    h, g = config.hierarchy, config.generation
+    n = g.num_frames or full_length(h.frames_per_call, h.depth)
+    built = build(config, checkpoint, random_weights)
+    return write_video(built, board.frame_prompts(n), out_dir, name, seed, g.schedule, gif,
+                       progress)  # fmt: skip

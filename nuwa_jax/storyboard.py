@@ -66,6 +66,26 @@ class Storyboard:
             raise StoryboardError("--prompt: the prompt is empty")
         return cls((Scene(prompt.strip(), duration=1.0),), source="--prompt")
 
+    @classmethod
+    def from_frame_prompts(cls, prompts: list[str], source: str = "<frames>") -> Storyboard:
+        """Captions on absolute frame ranges: each run of equal consecutive prompts one range."""
+        if not prompts:
+            raise StoryboardError(f"{source}: no frames")
+        scenes, start = [], 0
+        for t in range(1, len(prompts) + 1):
+            if t == len(prompts) or prompts[t] != prompts[start]:
+                scenes.append(Scene(prompts[start], start=start, end=t - 1))
+                start = t
+        return cls(tuple(scenes), source)
+
+    def to_json(self) -> str:
+        """The JSON form that `parse_json` reads back."""
+        if self.absolute:
+            entries = [dict(start=s.start, end=s.end, prompt=s.prompt) for s in self.scenes]
+            return json.dumps(dict(captions=entries), indent=1)
+        entries = [dict(duration=s.duration, prompt=s.prompt) for s in self.scenes]
+        return json.dumps(dict(scenes=entries), indent=1)
+
     def frame_prompts(self, num_frames: int) -> list[str]:
         """One prompt per frame of a `num_frames`-frame video."""
         if num_frames < 1:

@@ -37,6 +37,21 @@ def test_json_forms_equal_text_forms():
     assert sb.parse_json(json.dumps(ranges)).frame_prompts(16) == ["a"] * 10 + ["b"] * 6
 
 
+def test_from_frame_prompts_and_json_round_trip():
+    prompts = ["a"] * 3 + ["b"] + ["a"] * 2
+    board = sb.Storyboard.from_frame_prompts(prompts)
+    assert [(s.start, s.end, s.prompt) for s in board.scenes] == [
+        (0, 2, "a"),
+        (3, 3, "b"),
+        (4, 5, "a"),
+    ]
+    assert sb.parse_json(board.to_json()).frame_prompts(6) == prompts
+    scenes = sb.parse_text("1|a\n3|b")
+    assert sb.parse_json(scenes.to_json()).scenes == scenes.scenes
+    with pytest.raises(sb.StoryboardError, match="no frames"):
+        sb.Storyboard.from_frame_prompts([])
+
+
 def test_single_prompt():
     assert sb.Storyboard.from_prompt(" x ").frame_prompts(3) == ["x"] * 3
     with pytest.raises(sb.StoryboardError, match="--prompt"):

@@ -81,7 +81,13 @@ def model_flops_per_example(config, model: str) -> float | None:
     forwards; rematerialised recomputation is not counted. None where describe cannot
     count (a backend whose lowered cost analysis is empty: run it on CPU, --annotate)."""
     from nuwa_jax import describe
+    from nuwa_jax.train import curriculum
 
+    stage = None
+    if model == "mardini":  # the stage's clips: its frames and resolution
+        stage = curriculum.stage(config)
+        config = curriculum.resolve(config).copy_and_resolve_references()
+        config.data.resolution = stage.resolution
     table = describe.describe(config)
     fwd = {k: v["forward_gflops"] * 1e9 for k, v in table.items()}
     if model == "vae":
@@ -89,6 +95,19 @@ def model_flops_per_example(config, model: str) -> float | None:
     elif model == "mtd":
         text = (3 if config.text.trainable else 1) * fwd["text"]
         flops = 3 * fwd["mtd"] + fwd["vae_encode"] + text
+    elif model == "mardini":
+        # The frozen VAE encodes the stage's clip; describe counts L frames (linear in
+        # frames but for the T-KLVAE's temporal attention, a small term at these lengths).
+        encode = fwd["vae_encode"] * stage.num_frames / config.hierarchy.frames_per_call
+        planner, generator = fwd["mardini_planner"], fwd["mardini_generator"]
+        flops = (
+            encode
+            + {
+                "planner": 3 * planner,  # the planner and its reconstruction head train
+                "generator": planner + 3 * generator,  # the planner frozen (stop_gradient)
+                "joint": 3 * (planner + generator),
+            }[stage.name]
+        )
     else:
         return None
     return flops if math.isfinite(flops) and flops > 0 else None

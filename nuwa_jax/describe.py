@@ -39,8 +39,11 @@ def _flops(fn, *args) -> float:
 
 
 def describe(config: Any) -> dict[str, dict[str, float]]:
-    """{component: {"parameters": n, "forward_gflops": f}} for text, VAE, one MTD."""
+    """{component: {"parameters": n, "forward_gflops": f}} for text, VAE, one MTD, and
+    MarDini's planner and generator (one mardini.num_frames clip at data.resolution; the
+    planner's row holds its reconstruction head, the generator's the null signal)."""
     from nuwa_jax.hierarchy.models import check_hierarchy, vae_class
+    from nuwa_jax.models import mardini
     from nuwa_jax.models.mtd import MTD
     from nuwa_jax.models.text import TextEncoder
 
@@ -74,6 +77,26 @@ def describe(config: Any) -> dict[str, dict[str, float]]:
     row("mtd", lambda: MTD(config.mtd, config.compute, rngs=rngs()),
         lambda m, x, t, c, x0, k: m(x, t, c, x0, k),
         sds(lat), jax.ShapeDtypeStruct((1,), jnp.int32), ctx, sds(lat), sds(lat[:2]))  # fmt: skip
+
+    clip = (1, mardini.dims(config.mardini).num_frames, *lat[2:])
+    kept = jax.ShapeDtypeStruct(clip[:2], jnp.bool_)
+    graphdef, state = _abstract(lambda: mardini.MarDini(config.mardini, config.compute,
+                                                        rngs=rngs()))  # fmt: skip
+    model = nnx.merge(graphdef, state)
+    total = _count(nnx.state(model, nnx.Param))
+    planner = _count(nnx.state(model.planner, nnx.Param))
+    planner += _count(nnx.state(model.recon_head, nnx.Param))
+    plan = lambda s, z, k: nnx.merge(graphdef, s).plan(z, k)  # noqa: E731
+    signals = jax.eval_shape(plan, state, sds(clip), kept)
+    denoise = lambda s, x, t, c, k: nnx.merge(graphdef, s).denoise(x, t, c, k)  # noqa: E731
+    out["mardini_planner"] = dict(
+        parameters=planner, forward_gflops=_flops(plan, state, sds(clip), kept) / 1e9
+    )
+    t = jax.ShapeDtypeStruct((1,), jnp.int32)
+    out["mardini_generator"] = dict(
+        parameters=total - planner,
+        forward_gflops=_flops(denoise, state, sds(clip), t, signals, kept) / 1e9,
+    )
     return out
 
 
@@ -93,18 +116,21 @@ def main(argv: list[str], flag_values: dict[str, flags.FlagHolder]) -> None:
     levels = h.depth if not h.share_local_models else min(h.depth, 2)
     print(f"config {config.preset}: L={h.frames_per_call}, depth={h.depth}, "
           f"resolution={config.data.resolution}")  # fmt: skip
-    print(f"{'component':<12}{'parameters':>16}{'forward GFLOPs':>18}")
+    print(f"{'component':<20}{'parameters':>16}{'forward GFLOPs':>18}")
     for name, r in table.items():
         params = f"{r['parameters']:,}" if "parameters" in r else "(vae)"
         flops = f"{r['forward_gflops']:.2f}" if name != "vae" else "-"
-        print(f"{name:<12}{params:>16}{flops:>18}")
+        print(f"{name:<20}{params:>16}{flops:>18}")
     total = table["text"]["parameters"] + table["vae"]["parameters"]
     total += levels * table["mtd"]["parameters"]
     print(f"total with {levels} MTD(s): {total:,} parameters")
+    mardini = table["mardini_planner"]["parameters"] + table["mardini_generator"]["parameters"]
+    print(f"MarDini (planner + generator): {mardini:,} parameters")
     if flag_values["json"].value:
         from nuwa_jax.render import write_json  # atomic: temporary name, then rename
 
-        summary = dict(config=config.preset, components=table, total_parameters=total)
+        summary = dict(config=config.preset, components=table, total_parameters=total,
+                       mardini_parameters=mardini)  # fmt: skip
         write_json(flag_values["json"].value, summary)
 
 

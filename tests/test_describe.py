@@ -1,11 +1,14 @@
 """`describe`: parameter counts agree with the built networks; FLOPs scale with the shapes."""
 
+import jax
 import pytest
+from flax import nnx
 
 from configs import common
 from nuwa_jax import parallel
 from nuwa_jax.describe import describe
 from nuwa_jax.hierarchy.models import HierarchyModels, check_hierarchy
+from nuwa_jax.models.mardini import MarDini
 
 
 def test_counts_match_built_models_and_flops_scale():
@@ -17,6 +20,14 @@ def test_counts_match_built_models_and_flops_scale():
     assert table["vae"]["parameters"] == built["vae"]
     assert table["mtd"]["parameters"] == built["mtd_global"] == built["mtd_local1"]
     assert all(table[k]["forward_gflops"] > 0 for k in ("text", "vae_encode", "vae_decode", "mtd"))
+    assert table["mardini_planner"]["forward_gflops"] > 0
+    assert table["mardini_generator"]["forward_gflops"] > 0
+    md = MarDini(config.mardini, config.compute, rngs=nnx.Rngs(0))
+    count = lambda m: sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))  # noqa: E731
+    assert table["mardini_planner"]["parameters"] == count(md.planner) + count(md.recon_head)
+    assert table["mardini_generator"]["parameters"] == count(md) - count(md.planner) - count(
+        md.recon_head
+    )
     config.data.resolution *= 2  # 4x the pixels: 4x for convolutions, 16x for self-attention
     bigger = describe(config)
     assert 4.0 < bigger["mtd"]["forward_gflops"] / table["mtd"]["forward_gflops"] < 8.0

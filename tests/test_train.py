@@ -323,8 +323,9 @@ def test_bf16_compute_trains(data_dir, cache_dir, model):
 
 @pytest.mark.slow
 def test_train_step_benchmark_writes_its_json(cache_dir, tmp_path):
-    """benchmarks/train_step.py on a 16 px VAE: step time, examples/s and the step's FLOPs
-    (fwd + bwd + update of the global batch); CPU has no peak, so MFU is null."""
+    """benchmarks/train_step.py on a 16 px VAE and a tiny MarDini: step time, examples/s and
+    the step's FLOPs (fwd + bwd + update of the global batch); CPU has no peak, so MFU is
+    null."""
     out = tmp_path / "bench.json"
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache_dir)
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
@@ -332,7 +333,7 @@ def test_train_step_benchmark_writes_its_json(cache_dir, tmp_path):
         [
             sys.executable,
             "benchmarks/train_step.py",
-            "--models=vae",
+            "--models=vae,mardini",
             "--steps=2",
             "--warmup=0",
             f"--out={out}",
@@ -353,16 +354,20 @@ def test_train_step_benchmark_writes_its_json(cache_dir, tmp_path):
         "--config.data.resolution=16",
         "--config.vae.block_out_channels=(8,8,8)",
     ]
-    (row,) = result["rows"]
-    assert row["model"] == "vae" and row["resolution"] == 16 and row["mfu"] is None
-    assert len(row["step_seconds_all"]) == 2 and row["step_seconds"] > 0
-    assert row["examples_per_s"] == pytest.approx(8 / row["step_seconds"])
-    assert np.isfinite(row["loss"]) and row["xla_flops_source"] == "lowered"
-    # Model FLOPs (describe's analytic forwards, x3 for the trained VAE) against XLA's count
-    # of the lowered step (no remat on CPU): the same work, counted two ways.
-    assert row["model_flops_per_step"] == pytest.approx(row["xla_flops_per_step"], rel=0.05)
-    tflops = row["model_flops_per_step"] / row["step_seconds"] / 8 / 1e12
-    assert row["tflops_per_s_per_device"] == pytest.approx(tflops)
+    assert [r["model"] for r in result["rows"]] == ["vae", "mardini"]
+    assert result["rows"][0]["resolution"] == 16  # MarDini's: its curriculum stage's
+    for row in result["rows"]:
+        assert row["mfu"] is None
+        assert len(row["step_seconds_all"]) == 2 and row["step_seconds"] > 0
+        assert row["examples_per_s"] == pytest.approx(8 / row["step_seconds"])
+        assert np.isfinite(row["loss"]) and row["xla_flops_source"] == "lowered"
+        # Model FLOPs (describe's analytic forwards: x3 for what trains, x1 for the frozen
+        # VAE encoder; MarDini's joint stage trains planner and generator) against XLA's
+        # count of the lowered step (no remat on CPU): the same work, counted two ways.
+        assert row["model_flops_per_step"] == pytest.approx(row["xla_flops_per_step"], rel=0.05)
+        tflops = row["model_flops_per_step"] / row["step_seconds"] / 8 / 1e12
+        assert row["tflops_per_s_per_device"] == pytest.approx(tflops)
+    assert result["rows"][1]["mardini_stage"] == "joint"
 
 
 @pytest.mark.parametrize(

@@ -155,11 +155,7 @@ def main(argv: list[str]) -> None:
     if _VIDEOS.value < 1 or min(lengths) < 2:
         raise SystemExit("error: --videos must be >= 1 and every --frames >= 2")
     checkpoint = None if _RANDOM.value else _CHECKPOINT.value
-    if checkpoint:
-        overrides = cli.config_overrides(_CONFIG.value, sys.argv[1:])
-        config = bundle.generation_config(checkpoint, overrides)
-    else:
-        config = _CONFIG.value
+    config = render.generation_config(_CONFIG.value, checkpoint)
     with config.unlocked():
         config.generation.plan_depth = "config"
     work = _WORK.value

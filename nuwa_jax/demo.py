@@ -20,12 +20,11 @@ diffusion.num_sampling_steps unless `--steps` is given.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import flags
 
 from nuwa_jax import cli, parallel, storyboard
-from nuwa_jax.render import run_generation
+from nuwa_jax.render import generation_config, run_generation
 
 _CONFIG = cli.define_config_flag("configs/demo.py")
 _OUT = flags.DEFINE_string("out", "outputs/demo", "Output directory.")
@@ -60,13 +59,7 @@ def main(argv: list[str]) -> None:
     checkpoint = None if _RANDOM.value else (_CHECKPOINT.value or default_checkpoint())
     if _RANDOM.value and _CHECKPOINT.value:
         raise SystemExit("--random_weights and --checkpoint exclude each other")
-    if checkpoint:
-        from nuwa_jax.hierarchy import bundle
-
-        overrides = cli.config_overrides(_CONFIG.value, sys.argv[1:])
-        config = bundle.generation_config(checkpoint, overrides)
-    else:
-        config = _CONFIG.value
+    config = generation_config(_CONFIG.value, checkpoint)
     with config.unlocked():
         config.generation.schedule = _SCHEDULE.value
         if _STEPS.value is not None:

@@ -41,7 +41,7 @@ from typing import Any
 from absl import flags, logging
 
 from nuwa_jax import cli, parallel, storyboard, tasks
-from nuwa_jax.render import MissingWeightsError, run_generation
+from nuwa_jax.render import MissingWeightsError, generation_config, run_generation
 
 _CONFIG = cli.define_config_flag("configs/demo.py")
 _STORYBOARD = flags.DEFINE_string("storyboard", None, "Storyboard file (.json or text).")
@@ -109,11 +109,7 @@ def app_error(message: str) -> SystemExit:
 def base_config(checkpoint: str | None) -> Any:
     """The --config file's config, or with a checkpoint the bundle's plus the command line's
     `--config.*` overrides (their values as parsed against the --config file)."""
-    if not checkpoint:
-        return _CONFIG.value
-    from nuwa_jax.hierarchy import bundle
-
-    return bundle.generation_config(checkpoint, cli.config_overrides(_CONFIG.value, sys.argv[1:]))
+    return generation_config(_CONFIG.value, checkpoint)
 
 
 def main(argv: list[str]) -> None:

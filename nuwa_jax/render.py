@@ -29,6 +29,21 @@ def write_json(path: str, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def generation_config(config: Any, checkpoint: str | None, argv: list[str] | None = None) -> Any:
+    """The config to generate with: `config` (the --config file's), or with a `checkpoint`
+    the bundle's own config plus the command line's `--config.*` overrides (`argv`,
+    default sys.argv[1:]; values parsed against `config`)."""
+    if not checkpoint:
+        return config
+    import sys
+
+    from nuwa_jax import cli
+    from nuwa_jax.hierarchy import bundle
+
+    argv = sys.argv[1:] if argv is None else argv
+    return bundle.generation_config(checkpoint, cli.config_overrides(config, argv))
+
+
 @dataclasses.dataclass
 class Built:
     """A hierarchy's networks, ready to generate: the generator and where its weights came from."""

@@ -394,8 +394,8 @@ MARDINI_SIZES = {
     # 8 x 1024 generator (MLP 4096); the paper gives no head counts (ours: 128-wide heads
     # in the planner, 64-wide in the generator).
     "tiny": dict(planner=(2, 64, 128, 4), generator=(2, 64, 256, 4), frames=5, latent_channels=4),
-    "demo": dict(
-        planner=(4, 256, 1024, 4), generator=(4, 128, 512, 4), frames=9, latent_channels=4
+    "demo": dict(  # 16 frames: the demo hierarchy's L, so it can be its local backbone
+        planner=(4, 256, 1024, 4), generator=(4, 128, 512, 4), frames=16, latent_channels=4
     ),
     "S": dict(
         planner=(8, 4096, 8192, 32), generator=(8, 1024, 4096, 16), frames=9, latent_channels=16
@@ -481,11 +481,11 @@ def mardini_curriculum(preset: str) -> ml_collections.ConfigDict:
             generator=stage(50, 0.2, 0.6, 0, 32),
             joint=stage(100, 0.06, 0.3, 0, 32),
         )
-    elif preset == "demo":
+    elif preset == "demo":  # every stage at the stored 32 px: trains on the latent store
         rows = dict(
-            planner=stage(2000, 0.35, 1.0, 4, 32),
-            generator=stage(5000, 0.15, 0.6, 0, 64),
-            joint=stage(10000, 0.06, 0.3, 0, 64),
+            planner=stage(1000, 0.35, 1.0, 4, 32),
+            generator=stage(2000, 0.15, 0.6, 0, 32),
+            joint=stage(3000, 0.06, 0.3, 0, 32),
         )
     else:  # S: 9 frames in the last stage, L: 17
         rows = dict(

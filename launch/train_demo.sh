@@ -12,6 +12,10 @@
 #   4. global    the global MTD (level 0) on the latent store
 #   5. local     the one local MTD shared by levels 1 and 2 (level embedding), on both
 #   6. export    EMA weights, 16-bit, one checksummed bundle -> $BUNDLE
+# With MARDINI=1, after those (not in the shipped bundle, which stays VAE + MTDs):
+#   7. mardini   MarDini's curriculum on the latent store (planner, generator, joint;
+#                configs/mardini.py:demo), each stage from the previous one's weights
+#   8. export    VAE + MTDs + MarDini -> $RUN/demo_mardini (MarDini locals, its tasks)
 # Step counts: VAE_STEPS, GLOBAL_STEPS, LOCAL_STEPS; batches: VAE_BATCH (the VAE's), MTD_BATCH
 # (both MTDs'); other overrides for every stage in EXTRA (e.g. EXTRA="--config.data.worker_count=4").
 # PYTHON picks the interpreter. The shipped bundle's recipe is in docs/quickstart.md.
@@ -61,3 +65,21 @@ mkdir -p "$(dirname "$BUNDLE")"
 $PYTHON -m nuwa_jax.export --config=$CONFIG --vae_workdir="$RUN/vae" \
   --mtd_workdirs="$RUN/mtd_global,$RUN/mtd_local" --out="$BUNDLE" $EXTRA
 stamp "done: $BUNDLE.json / $BUNDLE.safetensors"
+
+if [ "${MARDINI:-0}" = 1 ]; then
+  ML="--config.data.latents_dir=$RUN/latents --config.train.sample_every=0"
+  ML="$ML --config.data.batch_size=$MTD_BATCH"
+  prev=""
+  for stage in planner generator joint; do
+    stamp "MarDini $stage in $RUN/mardini_$stage"
+    # shellcheck disable=SC2086
+    $PYTHON -m nuwa_jax.train --config=configs/mardini.py:demo:$stage \
+      --workdir="$RUN/mardini_$stage" $DATA $ML ${prev:+--config.train.init_from=$prev} $EXTRA
+    prev="$RUN/mardini_$stage"
+  done
+  stamp "export: $RUN/demo_mardini"
+  # shellcheck disable=SC2086
+  $PYTHON -m nuwa_jax.export --config=$CONFIG --vae_workdir="$RUN/vae" \
+    --mtd_workdirs="$RUN/mtd_global,$RUN/mtd_local" --mardini_workdir="$prev" \
+    --out="$RUN/demo_mardini" $EXTRA
+fi

@@ -60,26 +60,6 @@ BEGIN, END = "<!-- table1:begin -->", "<!-- table1:end -->"
 SCHEDULE_NAMES = {"dod": "DoD (NUWA-XL)", "ar": "AR (FDM*)"}
 
 
-def reference_store(config: Any, root: str, episodes: int, first: int, frames: int):
-    """The held-out episodes' frame store at `root` (rendered once; reused when it fits)."""
-    from nuwa_jax.data import schema, synthetic
-
-    want = dict(
-        first_episode=first, frames=frames, resolution=config.data.resolution,
-        seed=config.data.synthetic_seed,
-    )  # fmt: skip
-    if os.path.isfile(os.path.join(root, schema.METADATA_FILE)):
-        meta = schema.load_metadata(root)
-        have = {k: meta.extra.get(k) for k in want}
-        if have == want and len(meta.episodes) == episodes:
-            return meta
-        raise ValueError(
-            f"{root}: a reference of {len(meta.episodes)} episodes {have}, but this run wants "
-            f"{episodes} episodes {want}; pass another --work or remove it"
-        )
-    return synthetic.write_benchmark(root, episodes=episodes, image_format="png", **want)
-
-
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """Table 1's shape: one row per schedule and length."""
 
@@ -161,7 +141,9 @@ def main(argv: list[str]) -> None:
     work = _WORK.value
     episodes = list(range(_FIRST.value, _FIRST.value + _VIDEOS.value))
     ref_root = os.path.join(work, "reference")
-    reference_store(config, ref_root, len(episodes), _FIRST.value, max(lengths))
+    synthetic.held_out_benchmark(ref_root, episodes=len(episodes), first_episode=_FIRST.value,
+                                 frames=max(lengths), resolution=config.data.resolution,
+                                 seed=config.data.synthetic_seed)  # fmt: skip
     store = schema.FrameStore(ref_root)
     captions = {
         e: list(

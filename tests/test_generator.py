@@ -72,7 +72,7 @@ def test_frames_stream_once_in_order(eight_device_run):
     starts = [s for s, _ in streamed]
     frames = np.concatenate([f for _, f in streamed])
     assert starts == sorted(starts) and starts[0] == 0 and frames.shape == (9, 16, 16, 3)
-    np.testing.assert_allclose(frames, gen._decode(video.latents), atol=1e-5)
+    np.testing.assert_allclose(frames, gen.decode(video.latents), atol=1e-5)
     assert np.abs(frames).max() <= 1.0
 
 

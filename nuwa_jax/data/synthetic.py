@@ -574,6 +574,32 @@ def write_benchmark(
     return writer.finalize()
 
 
+def held_out_benchmark(
+    out_dir: str | os.PathLike,
+    *,
+    episodes: int,
+    first_episode: int,
+    frames: int,
+    resolution: int,
+    seed: int = 0,
+) -> schema.DatasetMetadata:
+    """Episodes [first_episode, + episodes) at `out_dir`, rendered once (PNG): a held-out
+    set for evaluation. An existing store is reused only if it is exactly this set;
+    otherwise a ValueError names what it holds and what was asked for."""
+    want = dict(first_episode=first_episode, frames=frames, resolution=resolution, seed=seed)
+    root = os.fspath(out_dir)
+    if os.path.isfile(os.path.join(root, schema.METADATA_FILE)):
+        meta = schema.load_metadata(root)
+        have = {k: meta.extra.get(k) for k in want}
+        if have == want and len(meta.episodes) == episodes:
+            return meta
+        raise ValueError(
+            f"{root}: holds {len(meta.episodes)} episodes {have}, but {episodes} episodes "
+            f"{want} were asked for; use another directory or remove it"
+        )
+    return write_benchmark(root, episodes=episodes, image_format="png", **want)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="output frame-store directory")

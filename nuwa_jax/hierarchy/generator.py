@@ -288,7 +288,7 @@ class Generator:
             out_shardings=seg(5),
         )
 
-    def _decode(self, latents: np.ndarray) -> np.ndarray:
+    def decode(self, latents: np.ndarray) -> np.ndarray:
         """Latents (F, h, w, c) -> frames (F, H, W, 3) in [-1, 1], one clip per call."""
         if self._decode_fn is None:
             graphdef, state = nnx.split(self.models.vae)
@@ -410,19 +410,27 @@ class Generator:
         keep: Callable[[Segments], np.ndarray] | None = None,
         progress: bool = True,
         chunk: int | None = None,
+        backbone: str = "mardini",
+        model_level: int = 0,
+        prompts: list[str] | None = None,
     ) -> LevelTiming:
-        """Samples clips with MarDini, as a hierarchy level samples its segments.
+        """Samples clips with MarDini (or, `backbone='mtd'`, the MTD of `model_level`), as
+        a hierarchy level samples its segments.
 
         frames (S, L): absolute frame indices in `store` of each clip; cond_mask (S, L):
-        the given ones (already in `store`). The clips run `chunk` at a time (default:
-        max_segments_per_device x data devices, padded, sharded over `data`); noise keys
-        fold (seed, level, clip index). `keep(batch)` -> (s, L) bool: which outputs to store
-        (default: every generated frame). Returns the timing.
+        the given ones (already in `store`); prompts: the MTD's, one per index of `store`.
+        The clips run `chunk` at a time (default: max_segments_per_device x data devices,
+        padded, sharded over `data`); noise keys fold (seed, level, clip index).
+        `keep(batch)` -> (s, L) bool: which outputs to store (default: every generated
+        frame). Returns the timing.
         """
         chunk = chunk or self.chunk
-        batches = self._chunks(frames, cond_mask, level, 0, "mardini", chunk)
+        if backbone == "mtd" and not prompts:
+            raise ValueError("sample_segments: the MTD needs prompts (one per store frame)")
+        batches = self._chunks(frames, cond_mask, level, model_level, backbone, chunk)
         keep = keep or (lambda segs: ~segs.cond_mask)
-        return self._run_level(name, batches, [], store, seed, keep, progress, chunk=chunk)
+        return self._run_level(name, batches, prompts or [], store, seed, keep, progress,
+                               chunk=chunk)  # fmt: skip
 
     # -----------------------------------------------------------------------------------
     # Schedules.
@@ -539,7 +547,7 @@ class _FrameStream:
         ready = self.num_frames if done.all() else int(np.argmin(done))
         while ready - self.next >= self.clip or (final and ready > self.next):
             end = min(self.next + self.clip, ready)
-            self.sink(self.next, self.generator._decode(store.latents[self.next : end]))
+            self.sink(self.next, self.generator.decode(store.latents[self.next : end]))
             self.next = end
 
 
@@ -563,14 +571,14 @@ class GeneratedVideo:
         gen = self.generator
         step = gen.config.generation.decode_frames or gen.L
         for a in range(0, self.num_frames, step):
-            yield gen._decode(self.latents[a : min(a + step, self.num_frames)])
+            yield gen.decode(self.latents[a : min(a + step, self.num_frames)])
 
     def keyframes(self) -> np.ndarray:
         """The decoded keyframes (global level), for the contact sheet."""
-        return self.generator._decode(self.store.latents[self.keyframe_indices])
+        return self.generator.decode(self.store.latents[self.keyframe_indices])
 
     def decode(self, indices: np.ndarray) -> np.ndarray:
-        return self.generator._decode(self.store.latents[np.asarray(indices)])
+        return self.generator.decode(self.store.latents[np.asarray(indices)])
 
     def timing_report(self) -> dict[str, Any]:
         return dict(

@@ -10,7 +10,9 @@ clips of consecutive frames (frozen VAE; nuwa_jax.train.curriculum). `train.init
 starts a fresh run from another run's newest params (e.g. the previous stage's).
 A rerun in the same workdir resumes from the newest checkpoint;
 SIGTERM saves at the next step boundary and exits 0; a NaN / Inf loss or gradient
-stops the run with an error naming the step, leaving the last good checkpoint intact.
+(checked at each log, checkpoint and sample step, the only steps where the host waits for
+the device) stops the run with an error naming the step, leaving the last good
+checkpoint intact.
 Every `train.sample_every` steps the EMA weights make samples (nuwa_jax.train.samples);
 `train.profile_steps` > 0 traces steps into workdir (clu Profile, process 0). The jitted
 step itself is built by `make_train_step` (benchmarks/train_step.py times exactly it).

@@ -79,9 +79,7 @@ def main(argv: list[str]) -> None:
     from nuwa_jax import render, video_io
     from nuwa_jax.data import schema, synthetic
     from nuwa_jax.hierarchy import HierarchyPlan, bundle
-    from nuwa_jax.hierarchy.generator import Generator, LatentStore
-    from nuwa_jax.hierarchy.models import HierarchyModels
-    from nuwa_jax.models.text import make_tokenizer
+    from nuwa_jax.hierarchy.generator import LatentStore
 
     methods = list(_METHODS.value)
     if set(methods) - set(METHODS):
@@ -94,19 +92,14 @@ def main(argv: list[str]) -> None:
     levels = [int(j) for j in _LEVELS.value] if _LEVELS.value else list(range(1, depth))
     if not levels or min(levels) < 1 or max(levels) >= depth:
         raise SystemExit(f"error: --levels must be local levels in [1, {depth - 1}]")
-    mesh, rules = parallel.make_mesh(config.mesh), parallel.logical_rules(config)
-    if _CHECKPOINT.value:
-        manifest = bundle.read_manifest(_CHECKPOINT.value)
-        models = bundle.load_bundle(_CHECKPOINT.value, config, mesh, rules)
-    else:
-        manifest = None
-        models = HierarchyModels.create(config, mesh, rules, mardini="mardini" in methods)
-    if "mardini" in methods and models.mardini is None:
+    built = render.build(config, _CHECKPOINT.value, _RANDOM.value, mardini="mardini" in methods,
+                         local_backbone="mtd")  # fmt: skip
+    gen = built.generator
+    if "mardini" in methods and gen.models.mardini is None:
         raise SystemExit(
             f"error: {_CHECKPOINT.value} has no MarDini (export it with --mardini_workdir), "
             "or leave mardini out of --methods"
         )
-    gen = Generator(config, models, mesh, rules, make_tokenizer(config.text), local_backbone="mtd")
 
     plan = HierarchyPlan.full(L, depth)
     span = max(int(plan.window(j, 0)[-1]) + 1 for j in levels)
@@ -164,7 +157,7 @@ def main(argv: list[str]) -> None:
         benchmark="interpolation",
         **report.environment(),
         config=config.preset,
-        weights=bundle.weights_report(manifest),
+        weights=bundle.weights_report(built.manifest),
         held_out_episodes=[_FIRST.value, _FIRST.value + _EPISODES.value - 1],
         sampler=dict(
             name=config.diffusion.sampler,

@@ -53,12 +53,15 @@ class Built:
     build_seconds: float
 
 
-def build(config: Any, checkpoint: str | None = None, random_weights: bool = False) -> Built:
+def build(config: Any, checkpoint: str | None = None, random_weights: bool = False,
+          mardini: bool | None = None, local_backbone: str | None = None) -> Built:  # fmt: skip
     """The networks of `config` sharded on the local mesh, with their weights.
 
     Weights: `checkpoint`, a hierarchy bundle (nuwa_jax/hierarchy/bundle.py; `config`
     must agree with its architecture fields, e.g. `bundle.generation_config(checkpoint)`),
-    or `random_weights` (the config's initialisation); exactly one.
+    or `random_weights` (the config's initialisation); exactly one. `mardini`: random
+    weights build a MarDini too (None: when the local backbone is MarDini);
+    `local_backbone`: the generator's (None: hierarchy.local_backbone).
     """
     from nuwa_jax.hierarchy import bundle
     from nuwa_jax.hierarchy.generator import Generator
@@ -80,9 +83,10 @@ def build(config: Any, checkpoint: str | None = None, random_weights: bool = Fal
         manifest = bundle.read_manifest(checkpoint)
         models = bundle.load_bundle(checkpoint, config, mesh, rules)
     else:
-        models = HierarchyModels.create(config, mesh, rules)
+        models = HierarchyModels.create(config, mesh, rules, mardini=mardini)
     build_s = time.perf_counter() - t0
-    generator = Generator(config, models, mesh, rules, make_tokenizer(config.text))
+    generator = Generator(config, models, mesh, rules, make_tokenizer(config.text),
+                          local_backbone=local_backbone)  # fmt: skip
     return Built(generator, manifest, build_s)
 
 

@@ -11,21 +11,27 @@
 # Both steps continue where an interrupted run stopped. BUNDLE picks the weights
 # (default checkpoints/demo/demo); PYTHON the interpreter.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-WORK=${1:-runs/table1}
-PYTHON=${PYTHON:-.venv/bin/python}
-BUNDLE=${BUNDLE:-checkpoints/demo/demo}
-FRAMES=${FRAMES:-16,256,1024}
-VIDEOS=${VIDEOS:-4}
-FEATURES="$WORK/features/synthetic_features"
-stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
+# The whole script is one function, parsed before it runs: editing this file (a git pull)
+# while a long run is under way cannot change what that run executes.
+main() {
+  cd "$(dirname "$0")/.."
+  WORK=${1:-runs/table1}
+  PYTHON=${PYTHON:-.venv/bin/python}
+  BUNDLE=${BUNDLE:-checkpoints/demo/demo}
+  FRAMES=${FRAMES:-16,256,1024}
+  VIDEOS=${VIDEOS:-4}
+  FEATURES="$WORK/features/synthetic_features"
+  stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
-if [ ! -f "$FEATURES.json" ]; then
-  stamp "features: $FEATURES"
-  mkdir -p "$WORK/features"
-  $PYTHON -m nuwa_jax.evaluate.train_features --config=configs/demo.py --out="$FEATURES"
-fi
-stamp "table: $FRAMES frames, $VIDEOS videos each, in $WORK"
-$PYTHON benchmarks/table1.py --checkpoint="$BUNDLE" --feature_weights="$FEATURES.json" \
-  --frames="$FRAMES" --videos="$VIDEOS" --work="$WORK" --markdown=docs/results.md
-stamp "done: docs/results.md"
+  if [ ! -f "$FEATURES.json" ]; then
+    stamp "features: $FEATURES"
+    mkdir -p "$WORK/features"
+    $PYTHON -m nuwa_jax.evaluate.train_features --config=configs/demo.py --out="$FEATURES"
+  fi
+  stamp "table: $FRAMES frames, $VIDEOS videos each, in $WORK"
+  $PYTHON benchmarks/table1.py --checkpoint="$BUNDLE" --feature_weights="$FEATURES.json" \
+    --frames="$FRAMES" --videos="$VIDEOS" --work="$WORK" --markdown=docs/results.md
+  stamp "done: docs/results.md"
+}
+main "$@"
+exit

@@ -20,66 +20,72 @@
 # (both MTDs'); other overrides for every stage in EXTRA (e.g. EXTRA="--config.data.worker_count=4").
 # PYTHON picks the interpreter. The shipped bundle's recipe is in docs/quickstart.md.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-RUN=${1:-runs/demo}
-PYTHON=${PYTHON:-.venv/bin/python}
-BUNDLE=${BUNDLE:-checkpoints/demo/demo}
-VAE_STEPS=${VAE_STEPS:-1500}
-VAE_BATCH=${VAE_BATCH:-4}  # clips of 16 frames: the 32 px VAE costs more per clip than an MTD
-GLOBAL_STEPS=${GLOBAL_STEPS:-4000}
-LOCAL_STEPS=${LOCAL_STEPS:-6000}
-MTD_BATCH=${MTD_BATCH:-8}
-EXTRA=${EXTRA:-}
-CONFIG=configs/demo.py
-DATA="--config.data.data_dir=$RUN/data"
-mkdir -p "$RUN"
-stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
+# The whole script is one function, parsed before it runs: editing this file (a git pull)
+# while a long run is under way cannot change what that run executes.
+main() {
+  cd "$(dirname "$0")/.."
+  RUN=${1:-runs/demo}
+  PYTHON=${PYTHON:-.venv/bin/python}
+  BUNDLE=${BUNDLE:-checkpoints/demo/demo}
+  VAE_STEPS=${VAE_STEPS:-4000}
+  VAE_BATCH=${VAE_BATCH:-4}  # clips of 16 frames: the 32 px VAE costs more per clip than an MTD
+  GLOBAL_STEPS=${GLOBAL_STEPS:-4000}
+  LOCAL_STEPS=${LOCAL_STEPS:-6000}
+  MTD_BATCH=${MTD_BATCH:-8}
+  EXTRA=${EXTRA:-}
+  CONFIG=configs/demo.py
+  DATA="--config.data.data_dir=$RUN/data"
+  mkdir -p "$RUN"
+  stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
-stamp "vae: $VAE_STEPS steps in $RUN/vae"
-# shellcheck disable=SC2086
-$PYTHON -m nuwa_jax.train --config=$CONFIG --workdir="$RUN/vae" $DATA \
-  --config.train.model=vae --config.train.num_steps="$VAE_STEPS" --config.data.batch_size="$VAE_BATCH" \
-  --config.train.sample_every=500 $EXTRA
-
-if [ ! -f "$RUN/latents/metadata.json" ]; then
-  stamp "latents: $RUN/latents"
+  stamp "vae: $VAE_STEPS steps in $RUN/vae"
   # shellcheck disable=SC2086
-  $PYTHON -m nuwa_jax.data.latents --config=$CONFIG --vae_workdir="$RUN/vae" $DATA \
-    --out="$RUN/latents" $EXTRA
-fi
+  $PYTHON -m nuwa_jax.train --config=$CONFIG --workdir="$RUN/vae" $DATA \
+    --config.train.model=vae --config.train.num_steps="$VAE_STEPS" --config.data.batch_size="$VAE_BATCH" \
+    --config.train.sample_every=500 $EXTRA
 
-LATENTS="--config.data.latents_dir=$RUN/latents --config.train.model=mtd --config.train.sample_every=0"
-LATENTS="$LATENTS --config.data.batch_size=$MTD_BATCH"
-stamp "global MTD: $GLOBAL_STEPS steps in $RUN/mtd_global"
-# shellcheck disable=SC2086
-$PYTHON -m nuwa_jax.train --config=$CONFIG --workdir="$RUN/mtd_global" $DATA $LATENTS \
-  --config.train.level=0 --config.train.num_steps="$GLOBAL_STEPS" $EXTRA
-stamp "local MTD (levels 1 and 2): $LOCAL_STEPS steps in $RUN/mtd_local"
-# shellcheck disable=SC2086
-$PYTHON -m nuwa_jax.train --config=$CONFIG --workdir="$RUN/mtd_local" $DATA $LATENTS \
-  --config.train.level=1 --config.train.num_steps="$LOCAL_STEPS" $EXTRA
-
-stamp "export: $BUNDLE"
-mkdir -p "$(dirname "$BUNDLE")"
-# shellcheck disable=SC2086
-$PYTHON -m nuwa_jax.export --config=$CONFIG --vae_workdir="$RUN/vae" \
-  --mtd_workdirs="$RUN/mtd_global,$RUN/mtd_local" --out="$BUNDLE" $EXTRA
-stamp "done: $BUNDLE.json / $BUNDLE.safetensors"
-
-if [ "${MARDINI:-0}" = 1 ]; then
-  ML="--config.data.latents_dir=$RUN/latents --config.train.sample_every=0"
-  ML="$ML --config.data.batch_size=$MTD_BATCH"
-  prev=""
-  for stage in planner generator joint; do
-    stamp "MarDini $stage in $RUN/mardini_$stage"
+  if [ ! -f "$RUN/latents/metadata.json" ]; then
+    stamp "latents: $RUN/latents"
     # shellcheck disable=SC2086
-    $PYTHON -m nuwa_jax.train --config=configs/mardini.py:demo:$stage \
-      --workdir="$RUN/mardini_$stage" $DATA $ML ${prev:+--config.train.init_from=$prev} $EXTRA
-    prev="$RUN/mardini_$stage"
-  done
-  stamp "export: $RUN/demo_mardini"
+    $PYTHON -m nuwa_jax.data.latents --config=$CONFIG --vae_workdir="$RUN/vae" $DATA \
+      --out="$RUN/latents" $EXTRA
+  fi
+
+  LATENTS="--config.data.latents_dir=$RUN/latents --config.train.model=mtd --config.train.sample_every=0"
+  LATENTS="$LATENTS --config.data.batch_size=$MTD_BATCH"
+  stamp "global MTD: $GLOBAL_STEPS steps in $RUN/mtd_global"
+  # shellcheck disable=SC2086
+  $PYTHON -m nuwa_jax.train --config=$CONFIG --workdir="$RUN/mtd_global" $DATA $LATENTS \
+    --config.train.level=0 --config.train.num_steps="$GLOBAL_STEPS" $EXTRA
+  stamp "local MTD (levels 1 and 2): $LOCAL_STEPS steps in $RUN/mtd_local"
+  # shellcheck disable=SC2086
+  $PYTHON -m nuwa_jax.train --config=$CONFIG --workdir="$RUN/mtd_local" $DATA $LATENTS \
+    --config.train.level=1 --config.train.num_steps="$LOCAL_STEPS" $EXTRA
+
+  stamp "export: $BUNDLE"
+  mkdir -p "$(dirname "$BUNDLE")"
   # shellcheck disable=SC2086
   $PYTHON -m nuwa_jax.export --config=$CONFIG --vae_workdir="$RUN/vae" \
-    --mtd_workdirs="$RUN/mtd_global,$RUN/mtd_local" --mardini_workdir="$prev" \
-    --out="$RUN/demo_mardini" $EXTRA
-fi
+    --mtd_workdirs="$RUN/mtd_global,$RUN/mtd_local" --out="$BUNDLE" $EXTRA
+  stamp "done: $BUNDLE.json / $BUNDLE.safetensors"
+
+  if [ "${MARDINI:-0}" = 1 ]; then
+    ML="--config.data.latents_dir=$RUN/latents --config.train.sample_every=0"
+    ML="$ML --config.data.batch_size=$MTD_BATCH"
+    prev=""
+    for stage in planner generator joint; do
+      stamp "MarDini $stage in $RUN/mardini_$stage"
+      # shellcheck disable=SC2086
+      $PYTHON -m nuwa_jax.train --config=configs/mardini.py:demo:$stage \
+        --workdir="$RUN/mardini_$stage" $DATA $ML ${prev:+--config.train.init_from=$prev} $EXTRA
+      prev="$RUN/mardini_$stage"
+    done
+    stamp "export: $RUN/demo_mardini"
+    # shellcheck disable=SC2086
+    $PYTHON -m nuwa_jax.export --config=$CONFIG --vae_workdir="$RUN/vae" \
+      --mtd_workdirs="$RUN/mtd_global,$RUN/mtd_local" --mardini_workdir="$prev" \
+      --out="$RUN/demo_mardini" $EXTRA
+  fi
+}
+main "$@"
+exit

@@ -302,9 +302,9 @@ def run_task(config: Any, task: str, inputs: Sequence[str] = (), out_dir: str = 
     g = config.generation
     sheet_at = video_io.filmstrip_indices(plan.num_frames, CONTACT_SHEET_FRAMES)
     gif_at = video_io.filmstrip_indices(plan.num_frames, g.gif_max_frames)
-    keep = np.concatenate([sheet_at, gif_at])
+    stills = np.concatenate([sheet_at, gif_at])  # the frames the contact sheet and gif show
     mp4 = os.path.join(out_dir, f"{name}.mp4")
-    with video_io.Mp4Writer(mp4, g.fps, res, res, keep=keep) as writer:
+    with video_io.Mp4Writer(mp4, g.fps, res, res, keep=stills) as writer:
         for frames in video.frames():
             writer.write(frames)
     video_io.write_contact_sheet(os.path.join(out_dir, f"{name}_frames.png"), writer.kept(sheet_at))

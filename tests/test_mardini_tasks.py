@@ -169,6 +169,7 @@ def test_each_task_keeps_the_given_frames(models, files, tmp_path):
         report = json.loads((out / "video_timings.json").read_text())
         assert report["task"] == task and report["given_positions"] == plan.positions.tolist()
         assert report["guidance_scale"] == cfg.mardini.guidance[task]
+        assert report["options"]["keep"] == options.get("keep")  # the task's, as given
         assert all(level["backbone"] == "mardini" for level in report["levels"])
     # Slow motion: 13 frames from 7, one pass of 3 clips in one call on 8 devices; the
     # same clips on 1 device, 2 per call (2 calls, one padded), give the same frames.

@@ -144,13 +144,15 @@ def main(argv: list[str]) -> None:
     synthetic.held_out_benchmark(ref_root, episodes=len(episodes), first_episode=_FIRST.value,
                                  frames=max(lengths), resolution=config.data.resolution,
                                  seed=config.data.synthetic_seed)  # fmt: skip
-    store = schema.FrameStore(ref_root)
-    captions = {
-        e: list(
-            store.read_frames(synthetic.episode_id(e), range(max(lengths)), decode=False).captions
-        )  # fmt: skip
-        for e in episodes
-    }
+    with schema.FrameStore(ref_root) as store:
+        captions = {
+            e: list(
+                store.read_frames(
+                    synthetic.episode_id(e), range(max(lengths)), decode=False
+                ).captions
+            )  # fmt: skip
+            for e in episodes
+        }
     extractor = None
     if _WEIGHTS.value:
         extractor = features.load_extractor(
@@ -158,8 +160,8 @@ def main(argv: list[str]) -> None:
         )
 
     built = render.build(config, checkpoint, random_weights=checkpoint is None)
+    warm = os.path.join(work, "warmup")
     for schedule in _SCHEDULES.value:  # compile every function the timed runs call
-        warm = os.path.join(work, "warmup")
         render.write_video(built, captions[episodes[0]][: lengths[0]], warm, schedule, seed=0,
                            schedule=schedule, gif=False, progress=False)  # fmt: skip
 
@@ -169,8 +171,7 @@ def main(argv: list[str]) -> None:
         os.makedirs(boards, exist_ok=True)
         for e in episodes:
             board = storyboard.Storyboard.from_frame_prompts(captions[e][:n], f"episode {e}")
-            with open(os.path.join(boards, f"ep{e}.json"), "w") as f:
-                f.write(board.to_json())
+            schema.atomic_write_bytes(os.path.join(boards, f"ep{e}.json"), board.to_json().encode())
         for schedule in _SCHEDULES.value:
             out = os.path.join(work, "videos", f"{schedule}_{n}")
             seconds = []

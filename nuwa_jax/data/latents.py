@@ -20,6 +20,10 @@ with); when the episode's length is not a multiple, the last clip is the episode
 same shape and every frame gets a full clip of context. `clips_per_call` clips go
 through the encoder at once, sharded over the mesh's batch axes (data x fsdp).
 
+Frames: `--data_dir`, else data.data_dir, which the CLI first renders when
+data.source='synthetic' and it is empty (trainer.ensure_data: a run that never trained the
+VAE, e.g. the demo continuing a bundle, has no frame store yet).
+
 Weights: `--vae_workdir` takes the EMA parameters of the newest checkpoint of a
 `train.model='vae'` run (its saved config.vae must match the architecture of --config);
 `--vae_bundle` a hierarchy bundle's frozen VAE (metadata records the bundle's sha256);
@@ -365,6 +369,10 @@ def main(argv: list[str], flag_values: dict[str, Any]) -> None:
     mesh = parallel.make_mesh(config.mesh)
     rules = parallel.logical_rules(config)
     try:
+        if not v["data_dir"] and config.data.data_dir:  # rendered if synthetic, as trainer does
+            from nuwa_jax.train.trainer import ensure_data
+
+            ensure_data(config)
         vae, info = load_vae(
             config,
             mesh,

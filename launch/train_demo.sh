@@ -12,6 +12,14 @@
 #   4. global    the global MTD (level 0) on the latent store
 #   5. local     the one local MTD shared by levels 1 and 2 (level embedding), on both
 #   6. export    EMA weights, 16-bit, one checksummed bundle -> $BUNDLE
+# Continue mode: when the bundle $BUNDLE.json exists and $RUN/vae has no checkpoint (a
+# new session, runs/ lost), training continues from the bundle instead of starting over:
+# no VAE training (the bundle's VAE stays frozen: the MTDs' latents depend on it); latents
+# encoded with --vae_bundle=$BUNDLE.json; each MTD stage whose workdir has no checkpoint
+# starts from the bundle's weights (--config.train.init_from=$BUNDLE.json) and trains its
+# GLOBAL_STEPS / LOCAL_STEPS more; the export takes the VAE from the bundle and replaces
+# it, its manifest counting each network's steps in total (sources.*.total_steps). To
+# train from nothing instead, point BUNDLE elsewhere or keep $RUN/vae.
 # With MARDINI=1, after those (not in the shipped bundle, which stays VAE + MTDs):
 #   7. mardini   MarDini's curriculum on the latent store (planner, generator, joint;
 #                configs/mardini.py:demo), each stage from the previous one's weights
@@ -39,22 +47,37 @@ main() {
   DATA="--config.data.data_dir=$RUN/data"
   mkdir -p "$RUN"
   stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
+  has_checkpoint() {  # a finished orbax step directory (unfinished ones carry a suffix)
+    local d
+    for d in "$1"/checkpoints/*; do
+      [[ "$(basename "$d")" =~ ^[0-9]+$ ]] && return 0
+    done
+    return 1
+  }
 
-  stamp "vae: $VAE_STEPS steps in $RUN/vae"
-  # shellcheck disable=SC2086
-  $PYTHON -m nuwa_jax.train --config=$CONFIG --workdir="$RUN/vae" $DATA \
-    --config.train.model=vae --config.train.num_steps="$VAE_STEPS" --config.data.batch_size="$VAE_BATCH" \
-    --config.train.sample_every=500 $EXTRA
+  VAE="--vae_workdir=$RUN/vae"  # the VAE the latents and the export take
+  INIT=""
+  if [ -f "$BUNDLE.json" ] && ! has_checkpoint "$RUN/vae"; then
+    stamp "continue mode: MTDs from $BUNDLE.json, its VAE frozen (no VAE training)"
+    VAE="--vae_bundle=$BUNDLE.json"
+    INIT="--config.train.init_from=$BUNDLE.json"  # only read by a workdir with no checkpoint
+  else
+    stamp "vae: $VAE_STEPS steps in $RUN/vae"
+    # shellcheck disable=SC2086
+    $PYTHON -m nuwa_jax.train --config=$CONFIG --workdir="$RUN/vae" $DATA \
+      --config.train.model=vae --config.train.num_steps="$VAE_STEPS" --config.data.batch_size="$VAE_BATCH" \
+      --config.train.sample_every=500 $EXTRA
+  fi
 
   if [ ! -f "$RUN/latents/metadata.json" ]; then
-    stamp "latents: $RUN/latents"
+    stamp "latents: $RUN/latents ($VAE)"
     # shellcheck disable=SC2086
-    $PYTHON -m nuwa_jax.data.latents --config=$CONFIG --vae_workdir="$RUN/vae" $DATA \
+    $PYTHON -m nuwa_jax.data.latents --config=$CONFIG "$VAE" $DATA \
       --out="$RUN/latents" $EXTRA
   fi
 
   LATENTS="--config.data.latents_dir=$RUN/latents --config.train.model=mtd --config.train.sample_every=0"
-  LATENTS="$LATENTS --config.data.batch_size=$MTD_BATCH"
+  LATENTS="$LATENTS --config.data.batch_size=$MTD_BATCH $INIT"
   # mtd NAME LEVEL STEPS [CPUS]: one MTD stage, pinned to CPUS (taskset) when given.
   mtd() {
     local pin=()
@@ -81,7 +104,7 @@ main() {
   stamp "export: $BUNDLE"
   mkdir -p "$(dirname "$BUNDLE")"
   # shellcheck disable=SC2086
-  $PYTHON -m nuwa_jax.export --config=$CONFIG --vae_workdir="$RUN/vae" \
+  $PYTHON -m nuwa_jax.export --config=$CONFIG "$VAE" \
     --mtd_workdirs="$RUN/mtd_global,$RUN/mtd_local" --out="$BUNDLE" $EXTRA
   stamp "done: $BUNDLE.json / $BUNDLE.safetensors"
 
@@ -98,7 +121,7 @@ main() {
     done
     stamp "export: $RUN/demo_mardini"
     # shellcheck disable=SC2086
-    $PYTHON -m nuwa_jax.export --config=$CONFIG --vae_workdir="$RUN/vae" \
+    $PYTHON -m nuwa_jax.export --config=$CONFIG "$VAE" \
       --mtd_workdirs="$RUN/mtd_global,$RUN/mtd_local" --mardini_workdir="$prev" \
       --out="$RUN/demo_mardini" $EXTRA
   fi

@@ -2,6 +2,8 @@
 
     python -m nuwa_jax.export --config=configs/demo.py --vae_workdir=runs/vae \\
         --mtd_workdirs=runs/mtd0,runs/mtd1,runs/mtd2 --out=bundles/demo [--dtype=float16]
+    python -m nuwa_jax.export --config=configs/demo.py --vae_bundle=bundles/demo.json \
+        --mtd_workdirs=runs/mtd0,runs/mtd_local --out=bundles/demo
     python -m nuwa_jax.export --config=configs/demo.py --random_weights --out=bundles/random
 
 `--config` is the bundle's config (the default config of every generation from it).
@@ -29,8 +31,15 @@ The VAE must be the one whose latents the MTDs learned. Without --vae_workdir it
 built as the trainer's frozen VAE is (vae.pretrained_dir imported, else the seed + 1
 initialisation). With it, the trained T-KLVAE's EMA is used, and each MTD run must have
 learned from it: trained on a latent store (data.latents_dir) that this VAE run encoded
-(its metadata names the run and step). Any other pairing is refused naming the run and
-both VAEs (--allow_vae_mismatch exports anyway and records the mismatch).
+(its metadata names the run and step). With --vae_bundle the VAE is an earlier bundle's
+(frozen, e.g. the shipped bundle being trained further), and each MTD run must have
+learned from a latent store that `nuwa_jax.data.latents --vae_bundle` encoded with it
+(compared by the sha256 of the VAE's tensors). Any other pairing is refused naming the
+run and both VAEs (--allow_vae_mismatch exports anyway and records the mismatch).
+
+Provenance: every run's `sources` entry has `total_steps`, the steps its network has been
+trained in all; a run started from a bundle or another run (train.init_from) adds
+`init_from` (the bundle and its sha256, or the run, and the steps trained before).
 """
 
 from __future__ import annotations
@@ -139,7 +148,8 @@ def run_vae(saved: dict[str, Any]) -> dict[str, Any]:
                 latent_vae = json.load(f).get("latent", {}).get("vae", {})
         except (OSError, json.JSONDecodeError) as e:
             return dict(weights="unknown", latents_dir=data["latents_dir"], error=str(e))
-        keep = ("weights", "workdir", "step", "seed", "pretrained_dir")
+        keep = ("weights", "workdir", "step", "seed", "pretrained_dir", "path", "sha256",
+                "vae_sha256")  # fmt: skip
         return dict({k: latent_vae[k] for k in keep if k in latent_vae},
                     latents_dir=data["latents_dir"])  # fmt: skip
     if vae.get("pretrained_dir"):
@@ -149,10 +159,15 @@ def run_vae(saved: dict[str, Any]) -> dict[str, Any]:
 
 def same_vae(learned: dict[str, Any], bundled: dict[str, Any]) -> bool:
     """Whether the VAE an MTD learned from is the bundle's (same run and step, same seed,
-    or the same pretrained directory)."""
+    the same pretrained directory, or the same bundle VAE: equal sha256 of the VAE's own
+    tensors, else of the whole bundle)."""
     kind = learned.get("weights")
     if kind != bundled.get("weights"):
         return False
+    if kind == "bundle":
+        if learned.get("vae_sha256") and bundled.get("vae_sha256"):
+            return learned["vae_sha256"] == bundled["vae_sha256"]
+        return bool(learned.get("sha256")) and learned.get("sha256") == bundled.get("sha256")
     if kind == "checkpoint":
         return _same_path(learned.get("workdir"), bundled.get("workdir")) and learned.get(
             "step"
@@ -162,6 +177,38 @@ def same_vae(learned: dict[str, Any], bundled: dict[str, Any]) -> bool:
     if kind == "pretrained":
         return _same_path(learned.get("pretrained_dir"), bundled.get("pretrained_dir"))
     return False
+
+
+def run_source(workdir: str, step: int, module: str, **extra: Any) -> dict[str, Any]:
+    """The manifest `sources` entry of a run's `module`: the run and step, its EMA, and
+    `total_steps`, with `init_from` (a bundle or another run, and the steps the module had
+    been trained before this run) when the run started from one (trainer.INIT_FROM_FILE)."""
+    from nuwa_jax.train import trainer
+
+    source = dict(kind="checkpoint", workdir=workdir, step=step, params="ema", **extra)
+    record = trainer.read_init_from(workdir)
+    prior = record.get("components", {}).get(module) if record else None
+    if prior is not None:
+        origin = {k: record[k] for k in ("bundle", "sha256", "workdir", "step") if k in record}
+        source["init_from"] = dict(origin, **prior)
+    source["total_steps"] = step + int((prior or {}).get("steps", 0))
+    return source
+
+
+def bundle_vae_source(manifest: dict[str, Any], tensors: dict[str, Any]) -> dict[str, Any]:
+    """The `sources` entry of a VAE taken from a bundle: that bundle, its steps in total and
+    where the VAE first came from (`origin`, not nested bundle within bundle)."""
+    from nuwa_jax.hierarchy import bundle
+
+    old = manifest.get("sources", {}).get("vae", {})
+    return dict(
+        kind="bundle",
+        bundle=manifest["weights_path"],
+        sha256=manifest["sha256"],
+        vae_sha256=bundle.component_sha256(tensors, "vae"),
+        total_steps=bundle.trained_steps(old),
+        origin=old.get("origin", old) if old.get("kind") == "bundle" else old,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -202,6 +249,7 @@ def export_hierarchy(
     out: str | os.PathLike,
     *,
     vae_workdir: str | None = None,
+    vae_bundle: str | None = None,
     mtd_workdirs: Sequence[str] = (),
     mardini_workdir: str | None = None,
     random_weights: bool = False,
@@ -211,7 +259,8 @@ def export_hierarchy(
     """Builds the hierarchy from trainer runs (or randomly) and writes it as a bundle.
 
     Returns the manifest. Every run is checked (config fields, train.model / level, keys
-    and shapes, the VAE its latents came from) before anything is written.
+    and shapes, the VAE its latents came from) before anything is written. `vae_bundle`:
+    the VAE is that bundle's (read whole first, so `out` may be the same bundle).
     """
     from flax import nnx
 
@@ -221,8 +270,10 @@ def export_hierarchy(
 
     check_hierarchy(config)
     mtd_workdirs = [d for d in mtd_workdirs if d]
-    if random_weights and (vae_workdir or mtd_workdirs or mardini_workdir):
+    if random_weights and (vae_workdir or vae_bundle or mtd_workdirs or mardini_workdir):
         raise ValueError("--random_weights exports the config's initialisation: give no workdirs")
+    if vae_workdir and vae_bundle:
+        raise ValueError("give one of --vae_workdir and --vae_bundle, not both")
     expected = mtd_runs_expected(config)
     shared_local = expected != config.hierarchy.depth  # global + one shared local MTD
     backbone = config.hierarchy.get("local_backbone", "mtd")
@@ -255,7 +306,14 @@ def export_hierarchy(
         )
         check_run_config(name, saved, config, vae_fields)
         bundled_vae = dict(weights="checkpoint", workdir=workdir, step=step)
-        vae_source = dict(kind="checkpoint", params="ema", **bundled_vae)
+        vae_source = run_source(workdir, step, "vae")
+    elif vae_bundle:
+        vae_manifest, vae_tensors = bundle.read_bundle(vae_bundle)
+        if not any(k.startswith("vae/") for k in vae_tensors):
+            raise bundle.BundleError(f"{vae_manifest['weights_path']}: no component 'vae'")
+        vae_source = bundle_vae_source(vae_manifest, vae_tensors)
+        bundled_vae = dict(weights="bundle", path=vae_source["bundle"])
+        bundled_vae.update({k: vae_source[k] for k in ("sha256", "vae_sha256")})
     elif config.vae.pretrained_dir:
         bundled_vae = dict(weights="pretrained", pretrained_dir=config.vae.pretrained_dir)
         vae_source = dict(kind="pretrained", dir=config.vae.pretrained_dir)
@@ -275,7 +333,8 @@ def export_hierarchy(
             if not allow_vae_mismatch:
                 raise RunMismatchError(
                     message + f" (train the {what} on a latent store encoded by the bundle's "
-                    "VAE, or export without --vae_workdir; --allow_vae_mismatch exports anyway)"
+                    "VAE, or export without --vae_workdir / --vae_bundle; --allow_vae_mismatch "
+                    "exports anyway)"
                 )
             logging.warning("%s (exported anyway: --allow_vae_mismatch)", message)
         return learned
@@ -298,9 +357,7 @@ def export_hierarchy(
             )
         check_run_config(name, saved, config, mtd_fields(config, saved))
         learned = learned_vae(name, saved, "MTD")
-        source = dict(kind="checkpoint", workdir=workdir, step=step, params="ema",
-                      level=level, vae=learned)  # fmt: skip
-        mtd_runs.append((workdir, step, source))
+        mtd_runs.append((workdir, step, dict(level=level, vae=learned)))
     mardini_run = None
     if mardini_workdir:
         workdir, step, saved = read_run(mardini_workdir, config)
@@ -312,8 +369,7 @@ def export_hierarchy(
             )
         check_run_config(name, saved, config, mardini_fields(config, saved))
         learned = learned_vae(name, saved, "MarDini")
-        mardini_run = (workdir, step, dict(kind="checkpoint", workdir=workdir, step=step,
-                                           params="ema", vae=learned))  # fmt: skip
+        mardini_run = (workdir, step, run_source(workdir, step, "mardini", vae=learned))
 
     # Abstract networks (nothing initialised): the runs' parameters are restored into them.
     models = HierarchyModels.create(config, mesh, rules, per_level_text=per_level, abstract=True,
@@ -323,12 +379,14 @@ def export_hierarchy(
     sources: dict[str, Any] = {"vae": vae_source}
     if vae_workdir:
         runs.append((vae_source["workdir"], vae_source["step"], {"vae": models.vae}))
-    for index, (workdir, step, source) in enumerate(mtd_runs):
+    for index, (workdir, step, about) in enumerate(mtd_runs):
         modules = {"mtd": models.mtds[index]}
-        sources[mtd_names[index]] = source
+        sources[mtd_names[index]] = run_source(workdir, step, "mtd", **about)
         if config.text.trainable:
             modules["text"] = models.text_of(index)
-            sources["text" + mtd_names[index][3:]] = dict(source, trained_with="mtd")
+            sources["text" + mtd_names[index][3:]] = run_source(
+                workdir, step, "text", **about, trained_with="mtd"
+            )
         runs.append((workdir, step, modules))
     if mardini_run is not None:
         runs.append((mardini_run[0], mardini_run[1], {"mardini": models.mardini}))
@@ -348,7 +406,10 @@ def export_hierarchy(
         else:
             sources["text"] = dict(kind="random", seed=int(config.seed), frozen=True)
         models = dataclasses.replace(models, text=text)
-    if not vae_workdir:
+    if vae_bundle:
+        bundle.assign_components(vae_manifest, vae_tensors, config, {"vae": models.vae},
+                                 hint="--vae_bundle: config.vae must be the bundle's")  # fmt: skip
+    elif not vae_workdir:
         vae = make(lambda r: vae_class(config)(config.vae, config.compute, rngs=r), config.seed + 1)
         if config.vae.pretrained_dir:
             from nuwa_jax.convert import common as convert_common
@@ -374,6 +435,12 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
         config=cli.define_config_flag(),
         vae=flags.DEFINE_string(
             "vae_workdir", None, "Trainer run of the T-KLVAE (train.model=vae)."
+        ),
+        vae_bundle=flags.DEFINE_string(
+            "vae_bundle",
+            None,
+            "A hierarchy bundle (.json, .safetensors or stem) whose frozen VAE to ship; may be "
+            "--out itself.",
         ),
         mtds=flags.DEFINE_list(
             "mtd_workdirs",
@@ -403,6 +470,7 @@ def main(argv: list[str], flag_values: dict[str, flags.FlagHolder]) -> None:
             flag_values["config"].value,
             flag_values["out"].value,
             vae_workdir=flag_values["vae"].value,
+            vae_bundle=flag_values["vae_bundle"].value,
             mtd_workdirs=flag_values["mtds"].value or (),
             mardini_workdir=flag_values["mardini"].value,
             random_weights=flag_values["random"].value,
@@ -421,7 +489,8 @@ def main(argv: list[str], flag_values: dict[str, flags.FlagHolder]) -> None:
     print(f"{manifest_path}: manifest")
     for name, count in manifest["parameters"].items():
         source = manifest["sources"].get(name, {})
-        where = source.get("workdir") or source.get("dir") or source.get("kind")
+        where = source.get("workdir") or source.get("dir") or source.get("bundle")
+        where = where or source.get("kind")
         step = f" step {source['step']}" if "step" in source else ""
         print(f"  {name:>12}: {count:>12,}  {where}{step}")
 

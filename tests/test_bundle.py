@@ -435,3 +435,127 @@ def test_trained_runs_to_video_with_checkpoint(tmp_path):
     bad = cmd[:-4] + ["--config.mtd.block_out_channels=(8,16)"]
     refused = subprocess.run(bad, capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
     assert refused.returncode == 2 and "mtd.block_out_channels" in refused.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# Continuing from a bundle: train.init_from, a frozen VAE from a bundle, provenance.
+# ---------------------------------------------------------------------------------------
+_STEPS = {}  # (config, level) -> (train step, step-0 state): init_from leaves both intact
+
+
+def init_from_bundle(cfg, path, workdir, level=1):
+    """An 'mtd' run's step-0 state (make_train_step, nothing compiled) after init_from."""
+    from nuwa_jax.models.text import make_tokenizer
+    from nuwa_jax.train import trainer
+
+    cfg = cfg.copy_and_resolve_references()
+    cfg.train.model, cfg.train.level = "mtd", level
+    key = repr(cfg.to_dict())
+    if key not in _STEPS:
+        mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
+        _STEPS[key] = trainer.make_train_step(cfg, mesh, rules, make_tokenizer(cfg.text))
+    cfg.train.init_from = str(path)
+    return trainer.init_from(cfg, *_STEPS[key], workdir)
+
+
+def test_init_from_bundle_starts_an_mtd_run_at_its_weights(runs, exported, tmp_path):
+    """train.init_from=<bundle>.json: the level-1 run's MTD and text encoder (params and EMA)
+    are exactly the bundle's bfloat16 mtd_local1 / text_local1, at step 0; the run's
+    init_from.json names the bundle, its sha256 and the steps already trained."""
+    from nuwa_jax.train import trainer
+
+    root, cfg, ema = runs
+    out, manifest = exported
+    state = init_from_bundle(cfg, f"{out}.json", tmp_path)
+    assert int(state.step) == 0
+    for key in ("mtd", "text"):
+        for tree in (state.params, state.ema):
+            flat = jax.tree_util.tree_flatten_with_path(tree[key])[0]
+            assert len(flat) > 10
+            for path, value in flat:
+                name = f"{key}." + ".".join(str(k.key) for k in path)
+                assert value.dtype == np.float32
+                np.testing.assert_array_equal(np.asarray(value), as_bf16(ema["mtd1"][name]))
+    record = trainer.read_init_from(tmp_path)
+    assert record["bundle"] == bundle.bundle_paths(out)[0]
+    assert record["sha256"] == manifest["sha256"]
+    assert record["components"] == {
+        "mtd": {"component": "mtd_local1", "steps": STEP},
+        "text": {"component": "text_local1", "steps": STEP},
+    }
+
+
+def test_init_from_a_bundle_that_does_not_fit_names_file_and_component(exported, tmp_path):
+    out, _ = exported
+    cfg = tiny_config()
+    rewrite(out, tmp_path / "no_local", lambda t: {k: v for k, v in t.items()
+                                                   if not k.startswith("mtd_local1/")})  # fmt: skip
+    weights = str(tmp_path / "no_local.safetensors")
+    with pytest.raises(bundle.BundleError, match=rf"{weights}: no component 'mtd_local1'"):
+        init_from_bundle(cfg, tmp_path / "no_local.json", tmp_path / "a")
+    wide = cfg.copy_and_resolve_references()
+    wide.mtd.block_out_channels = (32, 64)
+    with pytest.raises(bundle.ConfigMismatchError) as e:
+        init_from_bundle(wide, out, tmp_path / "b")
+    message = str(e.value)
+    assert "[mtd_local1, text_local1]" in message and bundle.bundle_paths(out)[0] in message
+    assert "mtd.block_out_channels: config [32, 64], bundle [16, 32]" in message
+    bent = "text_local1/encoder.embeddings.token_embedding.embedding"
+    rewrite(out, tmp_path / "bent", lambda t: {**t, bent: t[bent][:-1]})
+    with pytest.raises(convert_common.WeightImportError) as e:
+        init_from_bundle(cfg, tmp_path / "bent.safetensors", tmp_path / "c")
+    assert f"{tmp_path / 'bent.safetensors'} [text_local1]" in str(e.value) and bent in str(e.value)
+    assert not os.path.exists(tmp_path / "a" / "init_from.json")
+
+
+def test_continuing_a_bundle_keeps_its_vae_and_counts_steps(runs, exported, tmp_path):
+    """The demo's continue mode: latents encoded with --vae_bundle record the bundle; MTD
+    runs on them, one started from the bundle, export with --vae_bundle over that same
+    bundle (its VAE unchanged, the sources' steps cumulative); an MTD run on another VAE's
+    latents is refused."""
+    from nuwa_jax.data import latents, synthetic
+    from nuwa_jax.train import trainer
+
+    root, cfg, _ = runs
+    out, old = exported
+    shipped = tmp_path / "ship" / "tiny"  # a copy: the exported bundle serves other tests
+    shipped.parent.mkdir()
+    for path in bundle.bundle_paths(out):
+        (shipped.parent / os.path.basename(path)).write_bytes(open(path, "rb").read())
+    frames, store = tmp_path / "frames", tmp_path / "latents"
+    synthetic.write_benchmark(frames, episodes=1, frames=4, resolution=16)
+    mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
+    vae, info = latents.load_vae(cfg, mesh, rules, vae_bundle=f"{shipped}.json")
+    latents.write_latent_store(cfg, store, vae, info, mesh=mesh, rules=rules, data_dir=frames)
+    recorded = json.loads((store / "metadata.json").read_text())["latent"]["vae"]
+    weights = bundle.bundle_paths(shipped)[0]
+    assert recorded["weights"] == "bundle" and recorded["path"] == weights
+    assert recorded["sha256"] == old["sha256"] and recorded["steps"] == STEP
+    tensors = convert_common.load_safetensors(weights)
+    assert recorded["vae_sha256"] == bundle.component_sha256(tensors, "vae")
+    for path, value in params_of(vae).items():
+        np.testing.assert_array_equal(value, tensors[f"vae/{path}"].astype(np.float32))
+
+    init_from_bundle(cfg, f"{shipped}.json", tmp_path / "mtd1")  # writes init_from.json
+    save_run(tmp_path / "mtd1", cfg, "mtd", 1, str(store), seed=11)
+    save_run(tmp_path / "mtd0", cfg, "mtd", 0, str(store), seed=10)
+    mtds = [str(tmp_path / "mtd0"), str(tmp_path / "mtd1")]
+    with pytest.raises(RunMismatchError, match="learned the latents of VAE"):
+        export_hierarchy(cfg, shipped, vae_bundle=f"{shipped}.json",
+                         mtd_workdirs=[str(root / "mtd0"), mtds[1]])  # fmt: skip
+    new = export_hierarchy(cfg, shipped, vae_bundle=f"{shipped}.json", mtd_workdirs=mtds)
+    assert new["sha256"] != old["sha256"]
+    after = convert_common.load_safetensors(weights)
+    assert bundle.component_sha256(after, "vae") == recorded["vae_sha256"]
+    sources = json.loads(open(f"{shipped}.json").read())["sources"]
+    assert sources["vae"]["kind"] == "bundle" and sources["vae"]["total_steps"] == STEP
+    assert sources["vae"]["origin"] == old["sources"]["vae"]
+    init = dict(bundle=weights, sha256=old["sha256"], component="mtd_local1", steps=STEP)
+    assert sources["mtd_local1"]["init_from"] == init
+    assert sources["mtd_local1"]["total_steps"] == 2 * STEP
+    assert sources["text_local1"]["init_from"] == dict(init, component="text_local1")
+    assert "init_from" not in sources["mtd_global"]
+    assert sources["mtd_global"]["total_steps"] == STEP
+    # A second round counts on: a run started from the new bundle had 2 * STEP before.
+    init_from_bundle(cfg, f"{shipped}.json", tmp_path / "round2")
+    assert trainer.prior_steps(tmp_path / "round2", "mtd") == 2 * STEP

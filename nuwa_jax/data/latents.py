@@ -2,6 +2,7 @@
 
     python -m nuwa_jax.data.latents --config=configs/tiny.py --vae_workdir=RUN --out=DIR \\
         [--data_dir=FRAMES] [--clips_per_call=N]
+    python -m nuwa_jax.data.latents --config=configs/demo.py --vae_bundle=BUNDLE.json --out=DIR
     python -m nuwa_jax.data.latents --config=configs/tiny.py --random_weights --out=DIR
 
 A latent store is a frame store (schema.py, same shards, offsets index, captions and
@@ -19,8 +20,13 @@ with); when the episode's length is not a multiple, the last clip is the episode
 same shape and every frame gets a full clip of context. `clips_per_call` clips go
 through the encoder at once, sharded over the mesh's batch axes (data x fsdp).
 
+Frames: `--data_dir`, else data.data_dir, which the CLI first renders when
+data.source='synthetic' and it is empty (trainer.ensure_data: a run that never trained the
+VAE, e.g. the demo continuing a bundle, has no frame store yet).
+
 Weights: `--vae_workdir` takes the EMA parameters of the newest checkpoint of a
 `train.model='vae'` run (its saved config.vae must match the architecture of --config);
+`--vae_bundle` a hierarchy bundle's frozen VAE (metadata records the bundle's sha256);
 `--random_weights` a randomly initialised VAE (tests, benchmarks); otherwise
 `vae.pretrained_dir` (SD's VAE, imported). Writing reuses DatasetWriter: shards under
 temporary names renamed when complete, per-episode markers, so a rerun skips finished
@@ -156,21 +162,28 @@ def load_vae(
     *,
     vae_workdir: str | None = None,
     random_weights: bool = False,
+    vae_bundle: str | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """(the VAE, its provenance for metadata `latent.vae`), built sharded on `mesh`.
 
     Seed config.seed + 1, as HierarchyModels.create and the trainer give the VAE.
+    `vae_bundle`: a hierarchy bundle's 'vae' (its 16-bit weights, cast to
+    compute.param_dtype); the provenance records the bundle's sha256 and the VAE's own
+    (`bundle.component_sha256`, the same in every bundle that re-exports it).
     """
     from flax import nnx
 
     from nuwa_jax import parallel
     from nuwa_jax.hierarchy.models import vae_class
 
-    if vae_workdir and random_weights:
-        raise ValueError("give one of --vae_workdir=RUN and --random_weights, not both")
-    if not (vae_workdir or random_weights or config.vae.pretrained_dir):
+    given = [f for f, v in (("--vae_workdir", vae_workdir), ("--random_weights", random_weights),
+                            ("--vae_bundle", vae_bundle)) if v]  # fmt: skip
+    if len(given) > 1:
+        raise ValueError(f"give one of --vae_workdir, --vae_bundle and --random_weights, not "
+                         f"{' and '.join(given)}")  # fmt: skip
+    if not (given or config.vae.pretrained_dir):
         raise ValueError(
-            "no VAE weights: give --vae_workdir=RUN, --random_weights or "
+            "no VAE weights: give --vae_workdir=RUN, --vae_bundle=BUNDLE, --random_weights or "
             "--config.vae.pretrained_dir=DIR"
         )
     seed = config.seed + 1
@@ -183,6 +196,20 @@ def load_vae(
     )
     if random_weights:
         return vae, dict(weights="random", seed=seed, **info)
+    if vae_bundle:
+        from nuwa_jax.hierarchy import bundle
+
+        manifest, tensors = bundle.read_bundle(vae_bundle)
+        bundle.assign_components(manifest, tensors, config, {"vae": vae},
+                                 hint="--vae_bundle: config.vae must be the bundle's")  # fmt: skip
+        return vae, dict(
+            weights="bundle",
+            path=manifest["weights_path"],
+            sha256=manifest["sha256"],
+            vae_sha256=bundle.component_sha256(tensors, "vae"),
+            steps=bundle.trained_steps(manifest.get("sources", {}).get("vae")),
+            **info,
+        )
     if not vae_workdir:
         from nuwa_jax.convert import common as convert_common
         from nuwa_jax.convert import vae as convert_vae
@@ -315,6 +342,9 @@ def _define_flags():
         vae_workdir=flags.DEFINE_string(
             "vae_workdir", None, "A train.model='vae' run: its newest checkpoint's EMA."
         ),
+        vae_bundle=flags.DEFINE_string(
+            "vae_bundle", None, "A hierarchy bundle (.json, .safetensors or stem): its 'vae'."
+        ),
         random_weights=flags.DEFINE_bool(
             "random_weights", False, "Randomly initialised VAE (tests, benchmarks)."
         ),
@@ -339,12 +369,17 @@ def main(argv: list[str], flag_values: dict[str, Any]) -> None:
     mesh = parallel.make_mesh(config.mesh)
     rules = parallel.logical_rules(config)
     try:
+        if not v["data_dir"] and config.data.data_dir:  # rendered if synthetic, as trainer does
+            from nuwa_jax.train.trainer import ensure_data
+
+            ensure_data(config)
         vae, info = load_vae(
             config,
             mesh,
             rules,
             vae_workdir=v["vae_workdir"],
             random_weights=v["random_weights"],
+            vae_bundle=v["vae_bundle"],
         )
         report = write_latent_store(
             config,

@@ -36,7 +36,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -188,17 +188,48 @@ def architecture_fields(*configs: Mapping[str, Any]) -> list[str]:
     return section_fields(ARCHITECTURE_SECTIONS, *configs) + list(NOISE_FIELDS)
 
 
-def check_architecture(config: Any, bundle_config: Mapping[str, Any], source: str) -> None:
-    """Raises ConfigMismatchError naming every architecture field where `config` differs."""
+GENERATION_HINT = (
+    "the bundle's config is the default for generation; architecture fields cannot be overridden"
+)
+
+
+def check_architecture(
+    config: Any,
+    bundle_config: Mapping[str, Any],
+    source: str,
+    fields: list[str] | None = None,
+    hint: str = GENERATION_HINT,
+) -> None:
+    """Raises ConfigMismatchError naming every architecture field (or every one of
+    `fields`) where `config` differs from the bundle's."""
     ours = config_to_dict(config)
-    diff = differing_fields(ours, bundle_config, architecture_fields(ours, bundle_config))
+    fields = architecture_fields(ours, bundle_config) if fields is None else fields
+    diff = differing_fields(ours, bundle_config, fields)
     if diff:
         lines = "".join(f"\n  {f}: config {a!r}, bundle {b!r}" for f, a, b in diff)
         raise ConfigMismatchError(
             f"{source}: the config differs from the weights' at "
-            f"{', '.join(f for f, _, _ in diff)}:{lines}\n(the bundle's config is the default "
-            "for generation; architecture fields cannot be overridden)"
+            f"{', '.join(f for f, _, _ in diff)}:{lines}\n({hint})"
         )
+
+
+def component_fields(components: Sequence[str], *configs: Mapping[str, Any]) -> list[str]:
+    """The architecture fields that fix the weights of `components` alone: a VAE its
+    section; a text encoder its own; an MTD its own, the text width, the VAE whose
+    latents it reads, the hierarchy's windows and the noise fields; MarDini its own, the
+    VAE and the noise schedule (it has its own prediction)."""
+    kinds = {c.split("_", 1)[0] for c in components}
+    sections = {"vae"} if kinds - {"text"} else set()
+    sections |= {"text"} & kinds
+    if "mtd" in kinds:
+        sections |= {"mtd", "text", "hierarchy"}
+    if "mardini" in kinds:
+        sections.add("mardini")
+    chosen = {s: ARCHITECTURE_SECTIONS.get(s, ()) for s in sorted(sections)}
+    noise = list(NOISE_FIELDS) if "mtd" in kinds else []
+    if "mardini" in kinds and not noise:
+        noise = [f for f in NOISE_FIELDS if f != "diffusion.prediction"]
+    return section_fields(chosen, *configs) + noise
 
 
 # ---------------------------------------------------------------------------------------
@@ -399,6 +430,98 @@ def generation_config(
     return config
 
 
+def component_name(config: Any, module: str, text_layout: str) -> str:
+    """The bundle component a trainer run's module ('vae', 'mtd', 'text', 'mardini', as
+    make_train_step names them) is, for the run's train.model and train.level."""
+    if module in ("vae", "mardini"):
+        return module
+    level, h = int(config.train.level), config.hierarchy
+    if level == 0:
+        suffix = "_global"
+    elif h.share_local_models and h.depth > 2:  # HierarchyModels.components' 'mtd_local'
+        suffix = "_local"
+    else:
+        suffix = f"_local{level}"
+    if module == "text" and text_layout == "shared":
+        return "text"
+    if module not in ("mtd", "text"):
+        raise BundleError(f"no bundle component holds a trainer run's {module!r}")
+    return module + suffix
+
+
+def trained_steps(source: Mapping[str, Any] | None) -> int:
+    """Steps a component had been trained in total, from its manifest `sources` entry
+    ('total_steps'; a trainer checkpoint's step for bundles that predate it; 0 for
+    random, pretrained or unknown weights)."""
+    source = source or {}
+    if "total_steps" in source:
+        return int(source["total_steps"])
+    if source.get("kind") == "checkpoint":
+        return int(source.get("step", 0))
+    return 0
+
+
+def component_sha256(tensors: Mapping[str, np.ndarray], component: str) -> str:
+    """sha256 of one component's tensors (names, dtypes, shapes, bytes): identifies its
+    weights across bundles, e.g. the same VAE re-exported beside retrained MTDs."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    prefix = f"{component}/"
+    for key in sorted(k for k in tensors if k.startswith(prefix)):
+        value = np.ascontiguousarray(tensors[key])
+        digest.update(f"{key}:{value.dtype.str}:{value.shape}\n".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def read_bundle(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(manifest, {'<component>/<path>': array}) of a bundle, its sha256 verified and its
+    embedded config checked against the manifest's; the whole file is read (a later
+    write_bundle to the same path cannot change what was read)."""
+    manifest = read_manifest(path)
+    verify_checksum(manifest)
+    weights = manifest["weights_path"]
+    if _embedded_config(weights) != manifest["config"]:
+        raise BundleError(
+            f"{manifest['manifest_path']}: its config differs from the one embedded in {weights}"
+        )
+    return manifest, common.load_safetensors(weights)
+
+
+def assign_components(
+    manifest: Mapping[str, Any],
+    tensors: Mapping[str, np.ndarray],
+    config: Any,
+    modules: Mapping[str, Any],
+    hint: str = "a network started from or frozen at a bundle's weights must be its architecture",
+) -> None:
+    """Writes bundle components into `modules` ({component: network}), cast to each
+    parameter's dtype (compute.param_dtype) and kept in its sharding.
+
+    Checked first: every component is in the bundle (BundleError naming the file and
+    listing what it holds), the config's fields that fix those components equal the
+    bundle's (ConfigMismatchError naming the fields), then keys and shapes (one
+    WeightImportError per component naming the file and component).
+    """
+    weights = manifest["weights_path"]
+    held = sorted({k.split("/", 1)[0] for k in tensors})
+    absent = [c for c in modules if c not in held]
+    if absent:
+        raise BundleError(
+            f"{weights}: no component {', '.join(map(repr, absent))} (it holds {', '.join(held)}; "
+            f"text layout {manifest['text_layout']!r})"
+        )
+    source = f"{weights} [{', '.join(modules)}]"
+    fields = component_fields(list(modules), config_to_dict(config), manifest["config"])
+    check_architecture(config, manifest["config"], source, fields, hint)
+    for name, module in modules.items():
+        prefix = f"{name}/"
+        mapping = {p: (prefix + p, common.identity) for p in common.param_paths(module)}
+        part = {k: v for k, v in tensors.items() if k.startswith(prefix)}
+        common.assign_weights(module, part, mapping, source=f"{weights} [{name}]")
+
+
 def _embedded_config(weights: str) -> dict[str, Any] | None:
     from safetensors import safe_open
 
@@ -412,21 +535,15 @@ def load_bundle(
 ) -> HierarchyModels:
     """The hierarchy's networks with the bundle's weights, sharded on `mesh`.
 
-    Order of checks: the manifest; the weights' sha256 (ChecksumError); the config's
-    architecture fields against the bundle's (ConfigMismatchError naming them); the
-    config embedded in the (checksummed) weights against the manifest's; every key and
-    shape (one WeightImportError listing all problems). Weights are cast to
+    Order of checks: the manifest; the weights' sha256 (ChecksumError); the config
+    embedded in the (checksummed) weights against the manifest's (`read_bundle`); the
+    config's architecture fields against the bundle's (ConfigMismatchError naming them);
+    every key and shape (one WeightImportError listing all problems). Weights are cast to
     compute.param_dtype.
     """
-    manifest = read_manifest(path)
-    verify_checksum(manifest)
+    manifest, tensors = read_bundle(path)
     weights = manifest["weights_path"]
     check_architecture(config, manifest["config"], weights)
-    if _embedded_config(weights) != manifest["config"]:
-        raise BundleError(
-            f"{manifest['manifest_path']}: its config differs from the one embedded in {weights}"
-        )
-    tensors = common.load_safetensors(weights)
     per_level = manifest["text_layout"] == "per_level"
     held = {k.split("/", 1)[0] for k in tensors}
     with_mtds, with_mardini = "mtd_global" in held, "mardini" in held

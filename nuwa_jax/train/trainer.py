@@ -7,7 +7,8 @@
 level's windows (frozen VAE; the byte text encoder trains with it when
 text.trainable); 'mardini' trains MarDini at curriculum stage `train.mardini_stage` on
 clips of consecutive frames (frozen VAE; nuwa_jax.train.curriculum). `train.init_from`
-starts a fresh run from another run's newest params (e.g. the previous stage's).
+starts a fresh run from another run's newest params (e.g. the previous stage's) or from a
+hierarchy bundle's weights of the networks it trains (continuing a shipped bundle).
 A rerun in the same workdir resumes from the newest checkpoint;
 SIGTERM saves at the next step boundary and exits 0; a NaN / Inf loss or gradient
 (checked at each log, checkpoint and sample step, the only steps where the host waits for
@@ -69,6 +70,7 @@ BATCH_KEYS = (
     "bad_records",
 )
 METRICS_FILE = "metrics.jsonl"
+INIT_FROM_FILE = "init_from.json"  # what train.init_from gave the run (read by export)
 
 
 class NonFiniteError(FloatingPointError):
@@ -382,26 +384,117 @@ def synthetic_batch(config: Any, mesh, rules, tokenizer: Callable, seed: int = 0
     return parallel.global_batch(local, mesh, rules)
 
 
-def init_from(config: Any, train_step: TrainStep, state: state_lib.TrainState):
-    """`state` with params and EMA replaced by the params of train.init_from's newest
-    checkpoint (a run of the same train.model, e.g. the previous MarDini stage); step 0,
-    a fresh optimiser. Errors name the run and what does not fit."""
+def is_bundle(path: str | os.PathLike) -> bool:
+    """Whether train.init_from names a hierarchy bundle (its .json, .safetensors or stem)
+    rather than a trainer workdir."""
+    from nuwa_jax.hierarchy import bundle
+
+    path = os.fspath(path)
+    if path.endswith((bundle.MANIFEST_SUFFIX, bundle.WEIGHTS_SUFFIX)):
+        return True
+    return not os.path.isdir(path) and os.path.isfile(bundle.bundle_paths(path)[1])
+
+
+def read_init_from(workdir: str | os.PathLike) -> dict[str, Any] | None:
+    """What a run was initialised from (INIT_FROM_FILE in its workdir), or None.
+
+    {'bundle': weights path, 'sha256': ..., or 'workdir': ..., 'step': ...;
+    'components': {module: {'component': bundle component, 'steps': steps that module had
+    been trained before this run, cumulative}}}.
+    """
+    path = os.path.join(os.fspath(workdir), INIT_FROM_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def prior_steps(workdir: str | os.PathLike, module: str) -> int:
+    """Steps `module` of the run in `workdir` had been trained before that run began."""
+    record = read_init_from(workdir) or {}
+    return int(record.get("components", {}).get(module, {}).get("steps", 0))
+
+
+def _write_init_from(workdir: str, record: dict[str, Any]) -> None:
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        data = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+        schema.atomic_write_bytes(os.path.join(workdir, INIT_FROM_FILE), data)
+
+
+def init_from(
+    config: Any,
+    train_step: TrainStep,
+    state: state_lib.TrainState,
+    workdir: str | os.PathLike | None = None,
+):
+    """`state` with params and EMA replaced by train.init_from's weights; step 0, a fresh
+    optimiser. Errors name the run or bundle and what does not fit.
+
+    train.init_from is a trainer workdir (its newest checkpoint's params; a run of the same
+    train.model, e.g. the previous MarDini stage) or a hierarchy bundle (the components
+    this run trains, `bundle.component_name`, rounded to the bundle's 16 bits and cast to
+    compute.param_dtype; a trained network without a component, a VAE's discriminator,
+    keeps its init). What it came from, with the steps each module had already been
+    trained, goes to `workdir`/INIT_FROM_FILE for export's provenance.
+    """
     t = config.train
-    workdir, step, saved = ckpt.read_run(t.init_from, t)
-    theirs = saved.get("train", {}).get("model")
-    if theirs != t.model:
-        raise ValueError(
-            f"train.init_from={t.init_from!r}: step {step} of a train.model={theirs!r} run, "
-            f"not {t.model!r}"
-        )
     trained = state_lib.merge_trainable(train_step.graphdef, state.params, train_step.rest)
-    ckpt.restore_ema(workdir, dict(trained.items()), step, item="params")
+    modules = dict(trained.items())
+    if is_bundle(t.init_from):
+        record = _init_from_bundle(config, modules)
+    else:
+        source, step, saved = ckpt.read_run(t.init_from, t)
+        theirs = saved.get("train", {}).get("model")
+        if theirs != t.model:
+            raise ValueError(
+                f"train.init_from={t.init_from!r}: step {step} of a train.model={theirs!r} "
+                f"run, not {t.model!r}"
+            )
+        ckpt.restore_ema(source, modules, step, item="params")
+        record = dict(workdir=source, step=step, components={
+            name: dict(steps=step + prior_steps(source, name)) for name in modules
+        })  # fmt: skip
+        stage = saved.get("train", {}).get("mardini_stage") if t.model == "mardini" else None
+        logging.info("initialised from step %d of %s%s", step, source,
+                     f" (stage {stage!r})" if stage else "")  # fmt: skip
+    if workdir is not None:
+        _write_init_from(os.fspath(workdir), record)
     params = nnx.to_pure_dict(nnx.state(trained, nnx.Param))
     ema = jax.tree.map(jnp.copy, params)  # own buffers: the state is donated
-    stage = saved.get("train", {}).get("mardini_stage") if t.model == "mardini" else None
-    logging.info("initialised from step %d of %s%s", step, workdir,
-                 f" (stage {stage!r})" if stage else "")  # fmt: skip
     return state.replace(params=params, ema=ema)
+
+
+def _init_from_bundle(config: Any, modules: dict[str, Any]) -> dict[str, Any]:
+    """Writes the bundle components of the run's trained `modules` into them; returns the
+    INIT_FROM_FILE record."""
+    from nuwa_jax.hierarchy import bundle
+
+    manifest, tensors = bundle.read_bundle(config.train.init_from)
+    layout = manifest["text_layout"]
+    names = {m: bundle.component_name(config, m, layout) for m in modules if m != "discriminator"}
+    bundle.assign_components(
+        manifest,
+        tensors,
+        config,
+        {names[m]: modules[m] for m in names},
+        hint=f"train.init_from: the run's train.model={config.train.model!r} networks must "
+        "be the bundle's",
+    )
+    sources = manifest.get("sources", {})
+    components = {
+        m: dict(component=c, steps=bundle.trained_steps(sources.get(c))) for m, c in names.items()
+    }
+    done = ", ".join(f"{m} <- {c['component']} ({c['steps']} steps)" for m, c in components.items())
+    logging.info("initialised %s from bundle %s (sha256 %s)", done, manifest["weights_path"],
+                 manifest["sha256"])  # fmt: skip
+    if config.train.model != "vae" and not config.data.latents_dir:
+        logging.warning(
+            "train.init_from=%s: the frozen VAE is the config's, not the bundle's; train on a "
+            "latent store the bundle's VAE encoded (nuwa_jax.data.latents --vae_bundle)",
+            config.train.init_from,
+        )
+    return dict(bundle=manifest["weights_path"], sha256=manifest["sha256"], components=components)
 
 
 def _write_jsonl(path: str, record: dict) -> None:
@@ -496,7 +589,7 @@ def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = No
         state = checkpointer.restore(latest, abstract, iterator)
         logging.info("resumed from step %d in %s", latest, checkpointer.directory)
     elif t.init_from:
-        state = init_from(config, train_step, state)
+        state = init_from(config, train_step, state, workdir)
     step = int(state.step)
 
     # -----------------------------------------------------------------------------------

@@ -317,7 +317,8 @@ def train_config(preset: str) -> ml_collections.ConfigDict:
     patch-GAN term); 'mtd' trains the MTD of
     hierarchy level `level` (0 = global) on that level's windows, with a frozen VAE;
     'mardini' trains MarDini, stage `mardini_stage` of mardini.curriculum (whose steps
-    replace num_steps), on clips of consecutive frames, with a frozen VAE.
+    replace num_steps), on clips of consecutive frames or the hierarchy's local-level
+    windows (mardini.train_levels), with a frozen VAE.
     The batch is data.batch_size (global); the schedule is AdamW with linear warm-up and
     cosine decay to final_lr_ratio * learning_rate at num_steps.
     """
@@ -458,6 +459,14 @@ def mardini_config(preset: str, size: str | None = None) -> ml_collections.Confi
             # (nuwa_jax.tasks; video_expansion keeps the first half) instead of a random set.
             task_share=0.25,
             train_tasks=("interpolation", "image_to_video", "video_expansion"),
+            # The clips it trains on: 'consecutive' (num_frames frames at stride 1, a
+            # standalone MarDini) or 'local' (the hierarchy's local-level windows, levels
+            # 1..depth-1 at their strides, mixed as the shared local MTD trains: MarDini as
+            # hierarchy.local_backbone). 'local' applies to the stages whose num_frames ==
+            # hierarchy.frames_per_call; the others (e.g. a 4-frame planner stage) keep
+            # consecutive clips. demo: 'local' (its 16-frame stages are the demo
+            # hierarchy's segments); elsewhere 'consecutive' (tiny's 5 frames != L = 4).
+            train_levels="local" if preset == "demo" else "consecutive",
             curriculum=mardini_curriculum(preset),
         )
     )

@@ -22,7 +22,10 @@
 # train from nothing instead, point BUNDLE elsewhere or keep $RUN/vae.
 # With MARDINI=1, after those (not in the shipped bundle, which stays VAE + MTDs):
 #   7. mardini   MarDini's curriculum on the latent store (planner, generator, joint;
-#                configs/mardini.py:demo), each stage from the previous one's weights
+#                configs/mardini.py:demo), each stage from the previous one's weights;
+#                the 16-frame generator and joint stages read the local MTD's windows
+#                (levels 1 and 2, strides 15 and 1: mardini.train_levels='local'), the
+#                4-frame planner stage consecutive clips
 #   8. export    VAE + MTDs + MarDini -> $RUN/demo_mardini (MarDini locals, its tasks)
 # Step counts: VAE_STEPS, GLOBAL_STEPS, LOCAL_STEPS; batches: VAE_BATCH (the VAE's), MTD_BATCH
 # (both MTDs'); PARALLEL_MTDS=1 trains the two MTDs at once, each pinned to half the CPUs

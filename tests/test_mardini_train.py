@@ -19,9 +19,10 @@ import nuwa_jax  # noqa: F401
 from configs import common
 from configs import mardini as mardini_configs
 from nuwa_jax import diffusion, tasks
-from nuwa_jax.data import synthetic
+from nuwa_jax.data import pipeline, synthetic
 from nuwa_jax.hierarchy.models import MARDINI_SEED_OFFSET
 from nuwa_jax.models.mardini import MarDini
+from nuwa_jax.models.text import ByteTokenizer
 from nuwa_jax.train import curriculum, losses, train
 from nuwa_jax.train import samples as samples_lib
 from nuwa_jax.train import trainer as trainer_lib
@@ -130,6 +131,57 @@ def test_kept_masks_and_config_errors():
         trainer_lib.check_config(cfg)
     resolved = curriculum.resolve(mardini_configs.get_config("tiny:planner"))
     assert resolved.train.num_steps == 50 and resolved.mardini.num_frames == 4
+
+
+def _window_levels(cfg, batches: int = 2) -> list[tuple[int, int]]:
+    """(level, stride) of every example the run's pipeline yields (trainer.data_windows),
+    each checked to be its plan's window of that level."""
+    plan, levels, side = trainer_lib.data_windows(cfg)
+    assert side == curriculum.stage(cfg).resolution
+    it = pipeline.make_iterator(cfg, ByteTokenizer(cfg.text.max_length), plan=plan,
+                                levels=levels, resolution=side, process_index=0,
+                                process_count=1)  # fmt: skip
+    out = []
+    for _ in range(batches):
+        batch = next(it)
+        assert batch["video"].shape[1:] == (plan.frames_per_call, side, side, 3)
+        for level, frames in zip(batch["level"], batch["frame_index"], strict=True):
+            level = int(level)
+            assert level in levels
+            np.testing.assert_array_equal(frames, plan.window(level, int(frames[0])))
+            out.append((level, plan.stride(level)))
+    return out
+
+
+def test_train_levels_windows(data_dir):
+    """mardini.train_levels='local': a stage whose clips are hierarchy segments reads the
+    windows of the local levels 1..depth-1 at their strides, mixed (as the shared local
+    MTD); 'consecutive', and 'local' at a stage of another length, read consecutive clips;
+    a bad value, or 'local' without local levels, is refused naming the key."""
+    assert common.base("demo").mardini.train_levels == "local"
+    assert common.base("tiny").mardini.train_levels == "consecutive"
+    cfg = stage_config(data_dir, "joint")  # 4-frame clips
+    cfg.hierarchy.depth = 3  # L = 4: strides 9, 3, 1; a level-1 window spans 10 frames
+    cfg.mardini.train_levels = "local"
+    trainer_lib.check_config(cfg)
+    seen = _window_levels(cfg)
+    assert set(seen) == {(1, 3), (2, 1)}  # never the global level
+    assert trainer_lib.data_windows(cfg)[:2] == (pipeline.plan_from_config(cfg), [1, 2])
+
+    cfg.mardini.train_levels = "consecutive"
+    assert set(_window_levels(cfg, batches=1)) == {(0, 1)}  # a depth-1 plan: stride 1
+    cfg.mardini.train_levels = "local"
+    cfg.mardini.curriculum.joint.num_frames = 5  # != hierarchy.frames_per_call: consecutive
+    plan, levels, _ = trainer_lib.data_windows(cfg)
+    assert (plan.frames_per_call, plan.depth, levels) == (5, 1, [0])
+
+    cfg.mardini.train_levels = "strided"
+    with pytest.raises(ValueError, match=r"mardini.train_levels='strided' must be one of"):
+        trainer_lib.check_config(cfg)
+    cfg.mardini.train_levels = "local"
+    cfg.hierarchy.depth = 1
+    with pytest.raises(ValueError, match=r"mardini.train_levels='local'.*hierarchy.depth=1"):
+        trainer_lib.check_config(cfg)
 
 
 def _metrics(workdir) -> list[dict]:

@@ -71,6 +71,7 @@ ARCHITECTURE_SECTIONS: dict[str, tuple[str, ...]] = {
         "guidance",
         "task_share",
         "train_tasks",
+        "train_levels",
         "curriculum",
     ),
 }

@@ -24,6 +24,15 @@ Frames are stored at data.resolution and resized to the stage's (`data_windows` 
 trainer, pipeline `resolution`), so the stages of a curriculum share one frame store
 rendered at the largest.
 
+What a clip is (`mardini.train_levels`, `trains_local_levels`): 'consecutive', num_frames
+frames at stride 1 (`clip_plan`); 'local', the windows of the hierarchy's local levels
+1..depth-1 at their strides, mixed in one stream exactly as the shared local MTD trains,
+so that MarDini as `hierarchy.local_backbone` sees at every level the frame spacing it
+fills at generation. 'local' applies to a stage whose num_frames is
+hierarchy.frames_per_call (a clip is a segment); a stage of other length (e.g. a 4-frame
+planner stage) falls back to consecutive clips. The kept masks below ignore the windows'
+level and the pipeline's cond_mask either way.
+
 Masks are drawn inside the jitted step (`kept_masks`): per example a kept share uniform in
 [kept_min, kept_max], round(share * L) frames clipped to [1, L-1] (at least one kept and one
 generated) at random positions; a `mardini.task_share` of the examples instead take one of
@@ -45,6 +54,7 @@ from nuwa_jax import tasks
 from nuwa_jax.hierarchy import HierarchyPlan
 
 STAGES = ("planner", "generator", "joint")
+TRAIN_LEVELS = ("consecutive", "local")  # mardini.train_levels
 # The top-level MarDini parameter groups each stage trains; the others are frozen.
 TRAINED = {
     "planner": ("planner", "recon_head"),
@@ -114,6 +124,23 @@ def clip_plan(s: Stage) -> HierarchyPlan:
     """The pipeline's window spec of a MarDini clip: a depth-1 plan, whose one level is
     `num_frames` consecutive frames (stride 1)."""
     return HierarchyPlan.full(s.num_frames, 1)
+
+
+def trains_local_levels(config: Any, s: Stage) -> bool:
+    """Whether stage `s` trains on the hierarchy's local-level windows rather than
+    consecutive clips: mardini.train_levels='local' and s.num_frames ==
+    hierarchy.frames_per_call (see the module docstring). Checks mardini.train_levels."""
+    value, h = config.mardini.train_levels, config.hierarchy
+    if value not in TRAIN_LEVELS:
+        raise ValueError(f"mardini.train_levels={value!r} must be one of {TRAIN_LEVELS}")
+    if value == "consecutive":
+        return False
+    if h.depth < 2:
+        raise ValueError(
+            f"mardini.train_levels='local' needs local levels: hierarchy.depth={h.depth} has "
+            "none (depth >= 2), set it to 'consecutive'"
+        )
+    return s.num_frames == h.frames_per_call
 
 
 def task_masks(names: Any, num_frames: int) -> np.ndarray:

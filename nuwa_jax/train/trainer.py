@@ -6,7 +6,8 @@
 `train.model` 'vae' trains the T-KLVAE; 'mtd' trains the MTD of `train.level` on that
 level's windows (frozen VAE; the byte text encoder trains with it when
 text.trainable); 'mardini' trains MarDini at curriculum stage `train.mardini_stage` on
-clips of consecutive frames (frozen VAE; nuwa_jax.train.curriculum). `train.init_from`
+clips of consecutive frames or the hierarchy's local-level windows (mardini.train_levels;
+frozen VAE; nuwa_jax.train.curriculum). `train.init_from`
 starts a fresh run from another run's newest params (e.g. the previous stage's) or from a
 hierarchy bundle's weights of the networks it trains (continuing a shipped bundle).
 A rerun in the same workdir resumes from the newest checkpoint;
@@ -106,6 +107,7 @@ def _check_mardini_config(config: Any) -> None:
     """train.model='mardini': the stage, the task masks, the latents MarDini reads."""
     s = curriculum.stage(config)
     check_mardini(config, hierarchy=False)  # mardini.latent_channels == vae.latent_channels
+    curriculum.trains_local_levels(config, s)  # mardini.train_levels
     curriculum.task_masks(config.mardini.train_tasks, s.num_frames)
     if not 0.0 <= float(config.mardini.task_share) <= 1.0:
         raise ValueError(f"mardini.task_share={config.mardini.task_share} must be in [0, 1]")
@@ -148,6 +150,12 @@ def ensure_data(config: Any) -> None:
             multihost_utils.sync_global_devices("nuwa_jax.train.ensure_data")
     if not os.path.exists(metadata):
         raise schema.DataError(f"{d.data_dir}: no metadata.json (data.source={d.source!r})")
+
+
+def local_levels(config: Any) -> list[int]:
+    """The hierarchy's local levels 1..depth-1, whose windows one model trained for every
+    local level reads mixed (a shared local MTD, MarDini with mardini.train_levels='local')."""
+    return list(range(1, config.hierarchy.depth))
 
 
 def shares_local_model(config: Any) -> bool:
@@ -349,15 +357,19 @@ def make_train_step(
 
 def data_windows(config: Any) -> tuple[Any, list[int] | None, int]:
     """(plan, levels, frame side) of the run's training examples for the pipeline: the
-    hierarchy's windows (an MTD's level, or every level for the VAE), or for MarDini
-    clips of its stage's num_frames consecutive frames at its resolution."""
+    hierarchy's windows (an MTD's level, every local level for a shared local MTD, every
+    level for the VAE), or for MarDini at its stage's resolution either the local levels'
+    windows (curriculum.trains_local_levels) or clips of its stage's num_frames
+    consecutive frames."""
     t = config.train
     if t.model == "mardini":
         s = curriculum.stage(config)
+        if curriculum.trains_local_levels(config, s):
+            return pipeline.plan_from_config(config), local_levels(config), s.resolution
         return curriculum.clip_plan(s), [0], s.resolution
     levels = None
     if t.model == "mtd":
-        levels = list(range(1, config.hierarchy.depth)) if shares_local_model(config) else [t.level]
+        levels = local_levels(config) if shares_local_model(config) else [t.level]
     return pipeline.plan_from_config(config), levels, int(config.data.resolution)
 
 

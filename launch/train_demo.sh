@@ -12,14 +12,17 @@
 #   4. global    the global MTD (level 0) on the latent store
 #   5. local     the one local MTD shared by levels 1 and 2 (level embedding), on both
 #   6. export    EMA weights, 16-bit, one checksummed bundle -> $BUNDLE
-# Continue mode: when the bundle $BUNDLE.json exists and $RUN/vae has no checkpoint (a
-# new session, runs/ lost), training continues from the bundle instead of starting over:
-# no VAE training (the bundle's VAE stays frozen: the MTDs' latents depend on it); latents
-# encoded with --vae_bundle=$BUNDLE.json; each MTD stage whose workdir has no checkpoint
-# starts from the bundle's weights (--config.train.init_from=$BUNDLE.json) and trains its
-# GLOBAL_STEPS / LOCAL_STEPS more; the export takes the VAE from the bundle and replaces
-# it, its manifest counting each network's steps in total (sources.*.total_steps). To
-# train from nothing instead, point BUNDLE elsewhere or keep $RUN/vae.
+# VAE_STEPS is the VAE's total, over every session and bundle. Continue mode: when the
+# bundle $BUNDLE.json exists and $RUN/vae has no checkpoint of its own (a new session,
+# runs/ lost), training continues from the bundle instead of starting over: a VAE with
+# fewer than VAE_STEPS steps in the bundle (manifest sources.vae.total_steps) trains on
+# from its weights in $RUN/vae to that total, else it stays frozen (--vae_bundle); the
+# latent store is encoded with the VAE in use (and again whenever that VAE has trained
+# since, `nuwa_jax.train.progress latents_current`); each MTD stage whose workdir has no
+# checkpoint starts from the bundle's weights (--config.train.init_from=$BUNDLE.json) and
+# trains its GLOBAL_STEPS / LOCAL_STEPS more; the export replaces the bundle, its
+# manifest counting each network's steps in total (sources.*.total_steps). To train from
+# nothing instead, point BUNDLE elsewhere.
 # With MARDINI=1, after those (not in the shipped bundle, which stays VAE + MTDs):
 #   7. mardini   MarDini's curriculum on the latent store (planner, generator, joint;
 #                configs/mardini.py:demo), each stage from the previous one's weights;
@@ -60,18 +63,31 @@ main() {
 
   VAE="--vae_workdir=$RUN/vae"  # the VAE the latents and the export take
   INIT=""
-  if [ -f "$BUNDLE.json" ] && ! has_checkpoint "$RUN/vae"; then
-    stamp "continue mode: MTDs from $BUNDLE.json, its VAE frozen (no VAE training)"
-    VAE="--vae_bundle=$BUNDLE.json"
+  VAE_RUN=(--config.train.model=vae --config.data.batch_size="$VAE_BATCH" --config.train.sample_every=500)
+  if [ -f "$BUNDLE.json" ] && { ! has_checkpoint "$RUN/vae" || [ -f "$RUN/vae/init_from.json" ]; }; then
     INIT="--config.train.init_from=$BUNDLE.json"  # only read by a workdir with no checkpoint
+    before=$($PYTHON -m nuwa_jax.train.progress steps_before "$RUN/vae" vae "$BUNDLE.json")
+    if [ "$before" -lt "$VAE_STEPS" ]; then
+      stamp "continue mode: the VAE of $BUNDLE.json ($before steps) trains on to $VAE_STEPS"
+      # shellcheck disable=SC2086
+      $PYTHON -m nuwa_jax.train --config=$CONFIG --workdir="$RUN/vae" $DATA "${VAE_RUN[@]}" \
+        --config.train.num_steps="$((VAE_STEPS - before))" $INIT $EXTRA
+    else
+      stamp "continue mode: MTDs from $BUNDLE.json, its VAE ($before steps) frozen"
+      VAE="--vae_bundle=$BUNDLE.json"
+    fi
   else
     stamp "vae: $VAE_STEPS steps in $RUN/vae"
     # shellcheck disable=SC2086
-    $PYTHON -m nuwa_jax.train --config=$CONFIG --workdir="$RUN/vae" $DATA \
-      --config.train.model=vae --config.train.num_steps="$VAE_STEPS" --config.data.batch_size="$VAE_BATCH" \
-      --config.train.sample_every=500 $EXTRA
+    $PYTHON -m nuwa_jax.train --config=$CONFIG --workdir="$RUN/vae" $DATA "${VAE_RUN[@]}" \
+      --config.train.num_steps="$VAE_STEPS" $EXTRA
   fi
 
+  if [ "$VAE" != "--vae_bundle=$BUNDLE.json" ] && [ -f "$RUN/latents/metadata.json" ] &&
+    ! $PYTHON -m nuwa_jax.train.progress latents_current "$RUN/latents" "$RUN/vae"; then
+    stamp "latents: $RUN/latents came from an older step of $RUN/vae; encoding again"
+    rm -rf "$RUN/latents"
+  fi
   if [ ! -f "$RUN/latents/metadata.json" ]; then
     stamp "latents: $RUN/latents ($VAE)"
     # shellcheck disable=SC2086

@@ -350,6 +350,10 @@ def train_config(preset: str) -> ml_collections.ConfigDict:
             ema_decay={"tiny": 0.99, "demo": 0.995}.get(preset, 0.9999),
             # 'vae': loss = L1 + kl_weight * KL (KL summed per frame, averaged over frames).
             kl_weight=1e-6,
+            # 'vae': + hard_pixel_weight * the mean L1 of each frame's worst
+            # hard_pixel_fraction of pixels (losses.hard_pixel_l1: small sprites cost).
+            hard_pixel_weight=0.0,
+            hard_pixel_fraction=0.02,
             # 'vae' extra terms (docs/training.md): + perceptual_weight * LPIPS(recon, video),
             # the frozen VGG16 LPIPS from `perceptual_weights`, a file written by
             # `python -m nuwa_jax.convert.lpips` (never downloaded; required when > 0).

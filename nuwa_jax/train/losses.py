@@ -76,6 +76,20 @@ def check_vae_loss_terms(config: Any) -> None:
             )
 
 
+def hard_pixel_l1(recon: jax.Array, video: jax.Array, fraction: float) -> jax.Array:
+    """Mean L1 of each frame's worst `fraction` of pixels (at least one), over frames.
+
+    Online hard-example mining at the pixel level: a sprite of 16 pixels in a 32 x 32
+    frame is 1.6 % of the mean L1, which a VAE can minimise while drawing no sprite at all
+    (benchmarks/vae_detail.py); among the worst pixels of its frame it is most of the term.
+    recon, video: (..., H, W, C).
+    """
+    err = jnp.mean(jnp.abs(recon - video), axis=-1)  # (..., H, W)
+    flat = err.reshape(-1, err.shape[-2] * err.shape[-1])
+    k = max(1, int(round(fraction * flat.shape[-1])))
+    return jnp.mean(jax.lax.top_k(flat, k)[0])
+
+
 def vae_loss(
     vae: KLVAE,
     video: jax.Array,
@@ -87,6 +101,8 @@ def vae_loss(
     discriminator: PatchDiscriminator | None = None,
     adversarial_weight: float = 0.0,
     adversarial_factor: jax.Array | float = 1.0,
+    hard_pixel_weight: float = 0.0,
+    hard_pixel_fraction: float = 0.02,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The T-KLVAE's loss on video (B, L, H, W, 3); returns (objective, named terms).
 
@@ -94,6 +110,8 @@ def vae_loss(
     video) over frames + adversarial_factor * adversarial_weight * (-mean D(recon)), recon
     the decoding of a posterior sample. LPIPS runs when `lpips` is given and its weight is
     not 0, the adversarial part when `discriminator` is given and its weight is not 0.
+    `hard_pixel_weight` > 0 adds that times `hard_pixel_l1` (the worst pixels of each
+    frame), so small objects that the mean L1 can ignore still cost.
 
     The discriminator is trained in the same step on its hinge loss d_loss (real frames
     vs. reconstructions), gated by the same `adversarial_factor` (LDM's disc_start: 0
@@ -111,6 +129,10 @@ def vae_loss(
     kl = jnp.mean(posterior.kl())  # summed per frame, averaged over frames
     loss = l1 + kl_weight * kl
     terms = {"l1": l1, "kl": kl}
+    if hard_pixel_weight:
+        hard = hard_pixel_l1(recon32, video32, hard_pixel_fraction)
+        loss = loss + hard_pixel_weight * hard
+        terms["hard_l1"] = hard
     if lpips is not None and perceptual_weight:
         perceptual = jnp.mean(lpips(recon, video))  # one distance per frame, (B, L)
         loss = loss + perceptual_weight * perceptual

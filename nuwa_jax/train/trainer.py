@@ -95,6 +95,11 @@ def check_config(config: Any) -> None:
         )
     if t.model == "mardini":
         _check_mardini_config(config)
+    if t.hard_pixel_weight < 0 or not 0 < t.hard_pixel_fraction <= 1:
+        raise ValueError(
+            f"train.hard_pixel_weight={t.hard_pixel_weight} must be >= 0 and "
+            f"train.hard_pixel_fraction={t.hard_pixel_fraction} in (0, 1]"
+        )
     if config.data.latents_dir and t.sample_every > 0:
         raise ValueError(
             "train.sample_every > 0 samples from video clips; with data.latents_dir set it to 0"
@@ -292,6 +297,7 @@ def make_train_step(
                 discriminator=modules["discriminator"] if "discriminator" in modules else None,
                 adversarial_weight=t.adversarial_weight,
                 adversarial_factor=(step >= t.adversarial_start_step).astype(jnp.float32),
+                hard_pixel_weight=t.hard_pixel_weight, hard_pixel_fraction=t.hard_pixel_fraction,
             )  # fmt: skip
         k_latent, k_loss = jax.random.split(key)
         vae = fixed["vae"] if "vae" in fixed else None  # unused (pruned) on a latent store

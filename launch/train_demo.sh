@@ -77,10 +77,12 @@ main() {
       VAE="--vae_bundle=$BUNDLE.json"
     fi
   else
-    stamp "vae: $VAE_STEPS steps in $RUN/vae"
+    # A run started from another's weights (init_from.json) counts the steps it began with.
+    before=$($PYTHON -m nuwa_jax.train.progress steps_before "$RUN/vae" vae)
+    stamp "vae: to $VAE_STEPS steps in $RUN/vae (from $before)"
     # shellcheck disable=SC2086
     $PYTHON -m nuwa_jax.train --config=$CONFIG --workdir="$RUN/vae" $DATA "${VAE_RUN[@]}" \
-      --config.train.num_steps="$VAE_STEPS" $EXTRA
+      --config.train.num_steps="$((VAE_STEPS > before ? VAE_STEPS - before : 1))" $EXTRA
   fi
 
   if [ "$VAE" != "--vae_bundle=$BUNDLE.json" ] && [ -f "$RUN/latents/metadata.json" ] &&

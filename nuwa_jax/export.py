@@ -201,12 +201,13 @@ def bundle_vae_source(manifest: dict[str, Any], tensors: dict[str, Any]) -> dict
     from nuwa_jax.hierarchy import bundle
 
     old = manifest.get("sources", {}).get("vae", {})
+    vae = bundle.vae_identity(manifest, tensors)
     return dict(
         kind="bundle",
-        bundle=manifest["weights_path"],
-        sha256=manifest["sha256"],
-        vae_sha256=bundle.component_sha256(tensors, "vae"),
-        total_steps=bundle.trained_steps(old),
+        bundle=vae["path"],
+        sha256=vae["sha256"],
+        vae_sha256=vae["vae_sha256"],
+        total_steps=vae["steps"],
         origin=old.get("origin", old) if old.get("kind") == "bundle" else old,
     )
 

@@ -168,8 +168,7 @@ def load_vae(
 
     Seed config.seed + 1, as HierarchyModels.create and the trainer give the VAE.
     `vae_bundle`: a hierarchy bundle's 'vae' (its 16-bit weights, cast to
-    compute.param_dtype); the provenance records the bundle's sha256 and the VAE's own
-    (`bundle.component_sha256`, the same in every bundle that re-exports it).
+    compute.param_dtype); the provenance is `bundle.vae_identity`.
     """
     from flax import nnx
 
@@ -202,14 +201,7 @@ def load_vae(
         manifest, tensors = bundle.read_bundle(vae_bundle)
         bundle.assign_components(manifest, tensors, config, {"vae": vae},
                                  hint="--vae_bundle: config.vae must be the bundle's")  # fmt: skip
-        return vae, dict(
-            weights="bundle",
-            path=manifest["weights_path"],
-            sha256=manifest["sha256"],
-            vae_sha256=bundle.component_sha256(tensors, "vae"),
-            steps=bundle.trained_steps(manifest.get("sources", {}).get("vae")),
-            **info,
-        )
+        return vae, dict(weights="bundle", **bundle.vae_identity(manifest, tensors), **info)
     if not vae_workdir:
         from nuwa_jax.convert import common as convert_common
         from nuwa_jax.convert import vae as convert_vae

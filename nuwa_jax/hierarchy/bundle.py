@@ -476,6 +476,18 @@ def component_sha256(tensors: Mapping[str, np.ndarray], component: str) -> str:
     return digest.hexdigest()
 
 
+def vae_identity(manifest: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Which VAE a bundle holds, as latent stores and exports record it: the bundle's
+    weights path and sha256, `vae_sha256` (its own tensors: the same in every bundle that
+    re-exports it) and the steps it was trained in total."""
+    return dict(
+        path=manifest["weights_path"],
+        sha256=manifest["sha256"],
+        vae_sha256=component_sha256(tensors, "vae"),
+        steps=trained_steps(manifest.get("sources", {}).get("vae")),
+    )
+
+
 def read_bundle(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(manifest, {'<component>/<path>': array}) of a bundle, its sha256 verified and its
     embedded config checked against the manifest's; the whole file is read (a later

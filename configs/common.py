@@ -352,7 +352,8 @@ def train_config(preset: str) -> ml_collections.ConfigDict:
             kl_weight=1e-6,
             # 'vae': + hard_pixel_weight * the mean L1 of each frame's worst
             # hard_pixel_fraction of pixels (losses.hard_pixel_l1: small sprites cost).
-            hard_pixel_weight=0.0,
+            # demo: 1.0, else the 4-8 px characters vanish (benchmarks/vae_detail.py).
+            hard_pixel_weight={"demo": 1.0}.get(preset, 0.0),
             hard_pixel_fraction=0.02,
             # 'vae' extra terms (docs/training.md): + perceptual_weight * LPIPS(recon, video),
             # the frozen VGG16 LPIPS from `perceptual_weights`, a file written by

@@ -42,12 +42,12 @@ main() {
   RUN=${1:-runs/demo}
   PYTHON=${PYTHON:-.venv/bin/python}
   BUNDLE=${BUNDLE:-checkpoints/demo/demo}
-  VAE_STEPS=${VAE_STEPS:-4000}
+  VAE_STEPS=${VAE_STEPS:-2500}
   VAE_BATCH=${VAE_BATCH:-4}  # clips of 16 frames: the 32 px VAE costs more per clip than an MTD
-  GLOBAL_STEPS=${GLOBAL_STEPS:-4000}
-  LOCAL_STEPS=${LOCAL_STEPS:-6000}
+  GLOBAL_STEPS=${GLOBAL_STEPS:-1400}
+  LOCAL_STEPS=${LOCAL_STEPS:-1500}
   MTD_BATCH=${MTD_BATCH:-8}
-  PARALLEL_MTDS=${PARALLEL_MTDS:-0}  # 1: both MTD stages at once (CPU machines, >= 2 cores)
+  PARALLEL_MTDS=${PARALLEL_MTDS:-1}  # 1: both MTD stages at once (CPU machines, >= 2 cores)
   EXTRA=${EXTRA:-}
   CONFIG=configs/demo.py
   DATA="--config.data.data_dir=$RUN/data"

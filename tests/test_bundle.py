@@ -559,3 +559,20 @@ def test_continuing_a_bundle_keeps_its_vae_and_counts_steps(runs, exported, tmp_
     # A second round counts on: a run started from the new bundle had 2 * STEP before.
     init_from_bundle(cfg, f"{shipped}.json", tmp_path / "round2")
     assert trainer.prior_steps(tmp_path / "round2", "mtd") == 2 * STEP
+
+
+def test_shipped_demo_bundle_is_whole_and_matches_configs_demo():
+    """The committed demo bundle (make train-demo): checksum, 16 bit, size budget, and the
+    architecture of configs/demo.py, so `make demo` can load it on a fresh clone."""
+    from nuwa_jax import demo
+
+    stem = demo.default_checkpoint()
+    if stem is None:
+        pytest.skip("no demo bundle in this checkout (checkpoints/demo/demo.*)")
+    manifest = bundle.read_manifest(stem)
+    bundle.verify_checksum(manifest)
+    assert manifest["dtype"] in ("bfloat16", "float16")
+    size = os.path.getsize(manifest["weights_path"]) + os.path.getsize(manifest["manifest_path"])
+    assert size <= 25 * 2**20, f"{size / 2**20:.1f} MiB over the 25 MiB budget"
+    bundle.check_architecture(common.base("demo"), manifest["config"], stem)
+    assert {"vae", "mtd_global", "mtd_local"} <= set(manifest["sources"])

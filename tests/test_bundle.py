@@ -567,8 +567,7 @@ def test_shipped_demo_bundle_is_whole_and_matches_configs_demo():
     from nuwa_jax import demo
 
     stem = demo.default_checkpoint()
-    if stem is None:
-        pytest.skip("no demo bundle in this checkout (checkpoints/demo/demo.*)")
+    assert stem is not None, f"the shipped demo bundle {demo.DEMO_BUNDLE}.* is missing"
     manifest = bundle.read_manifest(stem)
     bundle.verify_checksum(manifest)
     assert manifest["dtype"] in ("bfloat16", "float16")

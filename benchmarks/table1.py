@@ -22,8 +22,9 @@ seconds of one video (sampling and VAE decode, mp4 writing included) on this mac
 
 Writes benchmarks/results/table1_<preset>_<platform>.json (or --out) and, with --markdown,
 the table between the `<!-- table1:begin -->` / `<!-- table1:end -->` markers of that file
-(created if missing), with the command that produced it. Videos already generated (their
-_timings.json present) are kept: a rerun after an interruption continues.
+(created if missing), with the command that produced it. Videos already generated with
+the same weights (their _timings.json present, naming the bundle's path and sha256) are
+kept: a rerun after an interruption continues, and new weights make every video again.
 """
 
 from __future__ import annotations
@@ -160,6 +161,7 @@ def main(argv: list[str]) -> None:
         )
 
     built = render.build(config, checkpoint, random_weights=checkpoint is None)
+    weights = bundle.weights_report(built.manifest)  # what each kept video must have used
     warm = os.path.join(work, "warmup")
     for schedule in _SCHEDULES.value:  # compile every function the timed runs call
         render.write_video(built, captions[episodes[0]][: lengths[0]], warm, schedule, seed=0,
@@ -177,10 +179,11 @@ def main(argv: list[str]) -> None:
             seconds = []
             for e in episodes:
                 done = os.path.join(out, f"ep{e}_timings.json")
-                if os.path.exists(done):  # a rerun keeps finished videos
+                if os.path.exists(done):  # a rerun keeps the videos these weights finished
                     with open(done) as f:
-                        wall = json.load(f).get("wall_seconds")
-                    if wall is not None:
+                        previous = json.load(f)
+                    wall = previous.get("wall_seconds")
+                    if wall is not None and previous.get("weights") == weights:
                         seconds.append(wall)
                         continue
                 t0 = time.perf_counter()

@@ -59,3 +59,14 @@ def test_table1_generates_evaluates_and_fills_the_markdown(tmp_path):
     assert text.endswith("<!-- table1:end -->\nafter\n") and "old" not in text
     assert "benchmarks/table1.py --config=configs/tiny.py" in text
     assert text.count("| DoD (NUWA-XL) |") == 2 and text.count("| AR (FDM*) |") == 2
+
+    # A rerun keeps the videos these weights made and makes again those of other weights.
+    kept, stale = (work / "videos" / "dod_4" / f"ep{e}_timings.json" for e in (7, 8))
+    before = kept.read_text()
+    tampered = json.loads(stale.read_text())
+    tampered["weights"] = {"source": "bundle", "sha256": "0" * 64}
+    stale.write_text(json.dumps(tampered))
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert kept.read_text() == before
+    assert json.loads(stale.read_text())["weights"] == {"source": "random"}

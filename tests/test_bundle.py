@@ -508,6 +508,32 @@ def test_init_from_a_bundle_that_does_not_fit_names_file_and_component(exported,
     assert not os.path.exists(tmp_path / "a" / "init_from.json")
 
 
+def test_latent_scale_binds_the_diffusion_models_not_the_vae(runs, exported, tmp_path):
+    """vae.scaling_factor and shift_factor (bundle.LATENT_FIELDS) are what the MTDs learned
+    to read: generating at another scale is refused naming the field. The VAE alone loads
+    at any scale (a latent store holds scale-free moments), and a training run may start
+    from the bundle at another scale (train.init_from), its weights then training on."""
+    from nuwa_jax.data import latents
+
+    out, _ = exported
+    cfg = tiny_config()
+    cfg.vae.scaling_factor, cfg.vae.shift_factor = 0.5, 0.25
+    mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
+    with pytest.raises(bundle.ConfigMismatchError) as e:
+        bundle.load_bundle(out, cfg, mesh, rules)
+    assert "vae.scaling_factor: config 0.5, bundle 0.18215" in str(e.value)
+    assert "vae.shift_factor: config 0.25, bundle 0.0" in str(e.value)
+    _, info = latents.load_vae(cfg, mesh, rules, vae_bundle=f"{out}.json")
+    assert info["weights"] == "bundle"
+    state = init_from_bundle(cfg, f"{out}.json", tmp_path)
+    assert int(state.step) == 0
+    flat = jax.tree_util.tree_flatten_with_path(state.params["mtd"])[0]
+    ema = runs[2]["mtd1"]
+    for path, value in flat[:5]:
+        name = "mtd." + ".".join(str(k.key) for k in path)
+        np.testing.assert_array_equal(np.asarray(value), as_bf16(ema[name]))
+
+
 def test_continuing_a_bundle_keeps_its_vae_and_counts_steps(runs, exported, tmp_path):
     """The demo's continue mode: latents encoded with --vae_bundle record the bundle; MTD
     runs on them, one started from the bundle, export with --vae_bundle over that same

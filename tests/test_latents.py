@@ -267,3 +267,30 @@ def test_cli_encodes_with_a_trained_vae(frames_dir, tmp_path):
     )
     rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0 and "0 encoded, 2 skipped" in rerun.stdout, rerun.stderr[-3000:]
+
+
+def test_latent_statistics_give_the_unit_variance_scale(store_dir, frames_dir):
+    """latent_statistics: the mean and std of the store's posterior means (every frame with
+    every=1), and the shift / scale that take them to zero mean and unit variance; the
+    CLI's --stats prints them (from every 7th frame); a frame store is refused naming it."""
+    stats = latents.latent_statistics(store_dir, every=1)
+    store = schema.FrameStore(store_dir)
+    means = np.concatenate([
+        np.stack(store.read_frames(ep.id, np.arange(ep.num_frames)).latent_mean).astype(np.float64)
+        for ep in store.metadata.episodes
+    ])  # fmt: skip
+    assert stats["values"] == means.size
+    assert stats["mean"] == pytest.approx(means.mean(), rel=1e-6)
+    assert stats["std"] == pytest.approx(means.std(), rel=1e-6)
+    assert stats["shift_factor"] == stats["mean"] and stats["scaling_factor"] == 1 / stats["std"]
+    vae = tiny_config().vae
+    vae.shift_factor, vae.scaling_factor = stats["shift_factor"], stats["scaling_factor"]
+    assert "diffusion latents have mean 0.000, std 1.000" in latents.describe_statistics(stats, vae)
+    run = subprocess.run([sys.executable, "-m", "nuwa_jax.data.latents", "--config=configs/tiny.py",
+                          f"--stats={store_dir}"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    sampled = latents.latent_statistics(store_dir)  # the CLI's: every 7th frame
+    assert f"vae.scaling_factor={sampled['scaling_factor']:.4f})" in run.stdout, run.stdout
+    with pytest.raises(schema.DataError, match=f"{frames_dir}: a frame store"):
+        latents.latent_statistics(frames_dir)

@@ -316,6 +316,37 @@ def write_latent_store(
     return LatentReport(metadata, writer.stats, time.perf_counter() - start, encoded)
 
 
+def latent_statistics(store_dir: str | os.PathLike, every: int = 7) -> dict[str, float]:
+    """Mean and standard deviation of the posterior means in a latent store (every
+    `every`-th frame of each episode), and the vae.shift_factor / vae.scaling_factor
+    that map them to zero mean and unit variance (LDM's rule: scale by 1 / std)."""
+    store = schema.FrameStore(store_dir)
+    if store.metadata.latent is None:
+        raise schema.DataError(f"{os.fspath(store_dir)}: a frame store, not a latent store")
+    total = count = squares = 0.0
+    for episode in store.metadata.episodes:
+        got = store.read_frames(episode.id, np.arange(0, episode.num_frames, every))
+        m = np.stack(got.latent_mean).astype(np.float64)
+        total, squares, count = total + m.sum(), squares + (m * m).sum(), count + m.size
+    store.close()
+    mean = total / count
+    std = float(np.sqrt(max(squares / count - mean * mean, 0.0)))
+    return dict(mean=float(mean), std=std, shift_factor=float(mean),
+                scaling_factor=1.0 / std if std > 0 else 1.0, values=int(count))  # fmt: skip
+
+
+def describe_statistics(stats: dict[str, float], vae_config: Any) -> str:
+    """One line: the store's latent statistics and what vae_config makes of them."""
+    scale, shift = float(vae_config.scaling_factor), float(vae_config.shift_factor)
+    return (
+        f"posterior means: mean {stats['mean']:.4f}, std {stats['std']:.4f}; with "
+        f"vae.shift_factor={shift:g}, vae.scaling_factor={scale:g} the diffusion latents have "
+        f"mean {(stats['mean'] - shift) * scale:.3f}, std {stats['std'] * scale:.3f} "
+        f"(unit variance: vae.shift_factor={stats['shift_factor']:.3f}, "
+        f"vae.scaling_factor={stats['scaling_factor']:.4f})"
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # CLI.
 # ---------------------------------------------------------------------------------------
@@ -343,6 +374,9 @@ def _define_flags():
         clips_per_call=flags.DEFINE_integer(
             "clips_per_call", 0, "Clips per encoder call (0: the devices splitting the batch)."
         ),
+        stats=flags.DEFINE_string(
+            "stats", None, "Only print this latent store's statistics (vae.scaling_factor)."
+        ),
     )
 
 
@@ -353,6 +387,13 @@ def main(argv: list[str], flag_values: dict[str, Any]) -> None:
     from nuwa_jax import parallel
 
     v = {k: f.value for k, f in flag_values.items()}
+    if v["stats"]:
+        try:
+            stats = latent_statistics(v["stats"])
+            print(f"{v['stats']}: {describe_statistics(stats, v['config'].vae)}")
+        except (schema.DataError, FileNotFoundError) as e:
+            raise SystemExit(f"error: {e}") from None
+        return
     if not v["out"]:
         raise SystemExit("error: --out is required")
     if jax.process_count() > 1:
@@ -396,6 +437,7 @@ def main(argv: list[str], flag_values: dict[str, Any]) -> None:
         f"{report.frames_encoded} frames in {report.seconds:.1f} s "
         f"({report.frames_per_second:.1f} frames/s)"
     )
+    print(f"{v['out']}: {describe_statistics(latent_statistics(v['out']), config.vae)}")
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ TEXT_LAYOUTS = ("shared", "per_level")
 # change what the weights compute: where pretrained weights came from, training-only
 # switches). The noise fields define what the MTDs learned to predict.
 ARCHITECTURE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "vae": ("pretrained_dir",),
+    "vae": ("pretrained_dir", "scaling_factor", "shift_factor"),  # the last two: LATENT_FIELDS
     "mtd": ("dropout",),
     "text": ("clip_dir", "trainable"),
     "hierarchy": ("local_backbone",),  # which local model runs is a generation choice
@@ -75,6 +75,10 @@ ARCHITECTURE_SECTIONS: dict[str, tuple[str, ...]] = {
         "curriculum",
     ),
 }
+# The diffusion latents' affine map, latents = (z - shift_factor) * scaling_factor: not
+# the VAE's weights (a VAE loads whatever they are), but what every latent diffusion
+# model (MTD, MarDini) learned to read.
+LATENT_FIELDS = ("vae.scaling_factor", "vae.shift_factor")
 NOISE_FIELDS = (
     "diffusion.schedule",
     "diffusion.num_train_timesteps",
@@ -185,8 +189,8 @@ def differing_fields(
 
 
 def architecture_fields(*configs: Mapping[str, Any]) -> list[str]:
-    """The fields a bundle's weights fix (ARCHITECTURE_SECTIONS and NOISE_FIELDS)."""
-    return section_fields(ARCHITECTURE_SECTIONS, *configs) + list(NOISE_FIELDS)
+    """The fields a bundle's weights fix (ARCHITECTURE_SECTIONS, LATENT_FIELDS, NOISE_FIELDS)."""
+    return section_fields(ARCHITECTURE_SECTIONS, *configs) + list(LATENT_FIELDS + NOISE_FIELDS)
 
 
 GENERATION_HINT = (
@@ -214,11 +218,15 @@ def check_architecture(
         )
 
 
-def component_fields(components: Sequence[str], *configs: Mapping[str, Any]) -> list[str]:
+def component_fields(
+    components: Sequence[str], *configs: Mapping[str, Any], latent_scale: bool = True
+) -> list[str]:
     """The architecture fields that fix the weights of `components` alone: a VAE its
     section; a text encoder its own; an MTD its own, the text width, the VAE whose
-    latents it reads, the hierarchy's windows and the noise fields; MarDini its own, the
-    VAE and the noise schedule (it has its own prediction)."""
+    latents it reads (with LATENT_FIELDS unless `latent_scale` is False: weights that
+    start a training run may adapt to another latent scale), the hierarchy's windows and
+    the noise fields; MarDini its own, the VAE and the noise schedule (it has its own
+    prediction)."""
     kinds = {c.split("_", 1)[0] for c in components}
     sections = {"vae"} if kinds - {"text"} else set()
     sections |= {"text"} & kinds
@@ -230,7 +238,8 @@ def component_fields(components: Sequence[str], *configs: Mapping[str, Any]) -> 
     noise = list(NOISE_FIELDS) if "mtd" in kinds else []
     if "mardini" in kinds and not noise:
         noise = [f for f in NOISE_FIELDS if f != "diffusion.prediction"]
-    return section_fields(chosen, *configs) + noise
+    latent = list(LATENT_FIELDS) if latent_scale and kinds & {"mtd", "mardini"} else []
+    return section_fields(chosen, *configs) + latent + noise
 
 
 # ---------------------------------------------------------------------------------------
@@ -508,13 +517,15 @@ def assign_components(
     config: Any,
     modules: Mapping[str, Any],
     hint: str = "a network started from or frozen at a bundle's weights must be its architecture",
+    latent_scale: bool = True,
 ) -> None:
     """Writes bundle components into `modules` ({component: network}), cast to each
     parameter's dtype (compute.param_dtype) and kept in its sharding.
 
     Checked first: every component is in the bundle (BundleError naming the file and
     listing what it holds), the config's fields that fix those components equal the
-    bundle's (ConfigMismatchError naming the fields), then keys and shapes (one
+    bundle's (ConfigMismatchError naming the fields; `latent_scale=False` leaves out
+    LATENT_FIELDS, for weights that start a training run), then keys and shapes (one
     WeightImportError per component naming the file and component).
     """
     weights = manifest["weights_path"]
@@ -526,7 +537,8 @@ def assign_components(
             f"text layout {manifest['text_layout']!r})"
         )
     source = f"{weights} [{', '.join(modules)}]"
-    fields = component_fields(list(modules), config_to_dict(config), manifest["config"])
+    fields = component_fields(list(modules), config_to_dict(config), manifest["config"],
+                              latent_scale=latent_scale)  # fmt: skip
     check_architecture(config, manifest["config"], source, fields, hint)
     for name, module in modules.items():
         prefix = f"{name}/"

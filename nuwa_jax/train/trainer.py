@@ -498,7 +498,13 @@ def _init_from_bundle(config: Any, modules: dict[str, Any]) -> dict[str, Any]:
         {names[m]: modules[m] for m in names},
         hint=f"train.init_from: the run's train.model={config.train.model!r} networks must "
         "be the bundle's",
+        latent_scale=False,  # weights that learned another latent scale adapt to this one
     )
+    ours, theirs = bundle.config_to_dict(config), manifest["config"]
+    for field, mine, its in bundle.differing_fields(ours, theirs, bundle.LATENT_FIELDS):
+        logging.warning("train.init_from=%s: %s is %r here, %r in the bundle: its weights "
+                        "learned latents at another scale and train on at this one",
+                        config.train.init_from, field, mine, its)  # fmt: skip
     sources = manifest.get("sources", {})
     components = {
         m: dict(component=c, steps=bundle.trained_steps(sources.get(c))) for m, c in names.items()

@@ -7,7 +7,7 @@ The task of every local level of Diffusion over Diffusion: given two frames s_{j
 apart, make the L-2 frames between them at stride s_j. Held out: clips of level j (L
 frames at its stride) at random positions in benchmark episodes never trained on
 (indices from --first_episode, rendered once into <work>/reference). The methods (mtd,
-mardini, blend, vae) and the scores are nuwa_jax.evaluate.interpolation's.
+mardini, blend, latent_blend, vae) and the scores are nuwa_jax.evaluate.interpolation's.
 Writes benchmarks/results/interpolation_<preset>_<platform>.json (or --out).
 """
 

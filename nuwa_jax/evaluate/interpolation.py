@@ -16,7 +16,7 @@ nothing of the middle frames leaks in); then
 Generated frames are decoded, rounded to uint8 and compared with the true middle
 frames: the PSNR of the MSE pooled over all clips (the headline), and the mean PSNR over
 the clips not reproduced exactly (a blend of a clip where nothing moves is exact).
-Used by benchmarks/interpolation.py and the MarDini training test.
+Used by benchmarks/interpolation.py.
 """
 
 from __future__ import annotations
@@ -92,12 +92,18 @@ def held_out_clips(
                  stride)  # fmt: skip
 
 
+def _decoded_middles(generator: Any, latent_clips: list[np.ndarray]) -> np.ndarray:
+    """Each (L, h, w, c) latent clip decoded as one clip; its L - 2 middle frames, uint8."""
+    from nuwa_jax import video_io
+
+    return np.stack([video_io.to_uint8(generator.decode(z)) for z in latent_clips])[:, 1:-1]
+
+
 def middle_frames(generator: Any, clips: Clips, method: str, level: int, seed: int = 0
                   ) -> tuple[np.ndarray, float | None]:  # fmt: skip
     """(the L - 2 middle frames (C, L - 2, H, W, 3) uint8 that `method` makes, the seconds
-    its sampler took (None for blend and vae)). `level`: the local level the clips are
+    its sampler took (None for the blends and vae)). `level`: the local level the clips are
     at (the MTD's level embedding, the noise keys)."""
-    from nuwa_jax import video_io
     from nuwa_jax.hierarchy.generator import LatentStore
 
     if method not in METHODS:
@@ -109,16 +115,13 @@ def middle_frames(generator: Any, clips: Clips, method: str, level: int, seed: i
         out = (1 - a) * truth[:, :1].astype(np.float64) + a * truth[:, -1:].astype(np.float64)
         return np.round(out).astype(np.uint8), None
     if method == "vae":
-        decoded = [
-            video_io.to_uint8(generator.decode(generator.encode(truth[c]))) for c in range(C)
-        ]
-        return np.stack(decoded)[:, 1:-1], None
+        return _decoded_middles(generator, [generator.encode(truth[c]) for c in range(C)]), None
     ends = np.stack([generator.encode(truth[c, [i]])[0] for c in range(C) for i in (0, L - 1)])
     ends = ends.reshape(C, 2, *ends.shape[1:])
     if method == "latent_blend":
         a = (np.arange(L) / (L - 1))[:, None, None, None]
         mixed = [(1 - a) * ends[c, 0] + a * ends[c, 1] for c in range(C)]
-        return np.stack([video_io.to_uint8(generator.decode(z)) for z in mixed])[:, 1:-1], None
+        return _decoded_middles(generator, mixed), None
     index = np.arange(C * L).reshape(C, L)  # each clip's frames in one latent store
     cond = np.zeros((C, L), bool)
     cond[:, 0] = cond[:, -1] = True
@@ -127,8 +130,7 @@ def middle_frames(generator: Any, clips: Clips, method: str, level: int, seed: i
     timing = generator.sample_segments(method, index, cond, store, seed, level=level,
                                        progress=False, backbone=method, model_level=level,
                                        prompts=clips.captions)  # fmt: skip
-    decoded = [video_io.to_uint8(generator.decode(store.latents[index[c]])) for c in range(C)]
-    return np.stack(decoded)[:, 1:-1], timing.seconds
+    return _decoded_middles(generator, [store.latents[index[c]] for c in range(C)]), timing.seconds
 
 
 def compare(generator: Any, clips: Clips, methods: list[str] | tuple[str, ...], level: int,

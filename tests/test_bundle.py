@@ -30,6 +30,7 @@ from nuwa_jax.hierarchy import bundle
 from nuwa_jax.hierarchy.models import vae_class
 from nuwa_jax.mardini_tasks import run_task
 from nuwa_jax.models.mardini import MarDini
+from nuwa_jax.models.mardini import dims as mardini_dims
 from nuwa_jax.models.mtd import MTD
 from nuwa_jax.models.text import TextEncoder
 from nuwa_jax.train import Checkpointer
@@ -330,8 +331,12 @@ def test_mardini_joins_a_bundle_or_makes_one_with_the_vae(runs, exported, tmp_pa
         export_hierarchy(cfg, tmp_path / "x", vae_workdir=vae, mardini_workdir=mtds[0])
     wide = cfg.copy_and_resolve_references()
     wide.mardini.generator_hidden = 128
-    with pytest.raises(RunMismatchError, match=r"mardini.generator_hidden: run 0, bundle 128"):
+    with pytest.raises(RunMismatchError, match=r"mardini.generator_hidden: run 64, bundle 128"):
         export_hierarchy(wide, tmp_path / "x", vae_workdir=vae, mardini_workdir=run)
+    # Widths compare resolved: the run's 0 (from its size) agrees with the size's width
+    # spelled out (configs/mardini.py sets latent_channels, configs/demo.py leaves 0).
+    local.mardini.generator_hidden = mardini_dims(cfg.mardini).generator_hidden
+    local.mardini.latent_channels = mardini_dims(cfg.mardini).latent_channels
     # Beside the MTDs: the same storyboard renders with MTD or MarDini locals.
     manifest = export_hierarchy(local, tmp_path / "full", vae_workdir=vae, mtd_workdirs=mtds,
                                 mardini_workdir=run)  # fmt: skip

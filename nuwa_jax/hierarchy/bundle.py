@@ -32,6 +32,7 @@ fields must equal the bundle's.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -176,11 +177,30 @@ def section_fields(
     return sorted(fields)
 
 
+def _resolved_widths(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with its `mardini` section's width fields resolved (models.mardini.dims);
+    unchanged where there is no such section or it does not resolve (the caller's check
+    then names the raw fields)."""
+    section = data.get("mardini")
+    if not isinstance(section, Mapping):
+        return data
+    from nuwa_jax.models import mardini as mardini_lib
+
+    try:
+        widths = dataclasses.asdict(mardini_lib.dims(ml_collections.ConfigDict(dict(section))))
+    except (KeyError, AttributeError, TypeError, ValueError):
+        return data
+    return {**data, "mardini": {**section, **widths}}
+
+
 def differing_fields(
     ours: Mapping[str, Any], theirs: Mapping[str, Any], fields: list[str] | tuple[str, ...]
 ) -> list[tuple[str, Any, Any]]:
-    """(field, ours, theirs) for every dotted field whose JSON values differ."""
-    a, b = _flatten(config_to_dict(ours)), _flatten(config_to_dict(theirs))
+    """(field, ours, theirs) for every dotted field whose JSON values differ. MarDini's
+    width fields compare resolved (0 reads MARDINI_SIZES[size]: `latent_channels=0` and
+    `latent_channels=4` agree when the size gives 4)."""
+    a = _flatten(_resolved_widths(config_to_dict(ours)))
+    b = _flatten(_resolved_widths(config_to_dict(theirs)))
     return [
         (f, a.get(f, _ABSENT), b.get(f, _ABSENT))
         for f in fields

@@ -88,7 +88,11 @@ def main(argv: list[str]) -> None:
         row.update(interpolation.compare(gen, clips, methods, level=j, seed=_SEED.value))
         row["clip_starts"] = [list(s) for s in clips.starts]  # episode, frame
         rows.append(row)
-        line = ", ".join(f"{m} {r['psnr_pooled']:.2f} dB" for m, r in row["methods"].items())
+        line = ", ".join(
+            f"{m} {r['psnr_pooled']:.2f} dB"
+            + (f" (moving clips: mean {r['moving']['psnr_mean']:.2f})" if r["moving"] else "")
+            for m, r in row["methods"].items()
+        )
         print(f"level {j} (stride {row['stride']}, {row['clips']} clips): {line}", flush=True)
 
     result = dict(

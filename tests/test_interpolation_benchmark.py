@@ -95,6 +95,15 @@ def test_held_out_clips_and_the_blends(tmp_path):
     scores = interpolation.compare(gen, still, ["blend", "latent_blend"], level=1)["methods"]
     assert scores["blend"]["exact_clips"] == 5 and scores["blend"]["psnr_pooled"] == math.inf
     assert scores["latent_blend"]["exact_clips"] < 5  # the VAE's error
+    assert not still.moving.any() and scores["blend"]["moving"] is None
+    # 'moving': every method scored on the same clips, the ones where something moves.
+    half = dataclasses.replace(clips, truth=np.concatenate([still.truth[:2], clips.truth[2:]]))
+    assert list(half.moving) == [False, False] + list(clips.moving[2:]) and half.moving.any()
+    moving = interpolation.compare(gen, half, ["blend"], level=1)["methods"]["blend"]["moving"]
+    mid = half.truth[half.moving][:, 1:-1].astype(np.float64)
+    mse = ((blend[half.moving] - mid) ** 2).reshape(len(mid), -1).mean(axis=1)
+    assert moving == interpolation.summarise(mse.tolist())
+    assert moving["clips"] == int(half.moving.sum())
     with pytest.raises(ValueError, match="a clip spans 41 frames, episodes have 40"):
         interpolation.held_out_clips(root, np.arange(0, 41, 10), 1, rng, first_episode=7,
                                      episodes=2, frames=40)  # fmt: skip

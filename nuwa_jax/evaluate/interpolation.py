@@ -15,7 +15,10 @@ nothing of the middle frames leaks in); then
     latent model, not an interpolation.
 Generated frames are decoded, rounded to uint8 and compared with the true middle
 frames: the PSNR of the MSE pooled over all clips (the headline), and the mean PSNR over
-the clips not reproduced exactly (a blend of a clip where nothing moves is exact).
+the clips not reproduced exactly (a blend of a clip where nothing moves is exact). The
+same again over the `moving` clips only (some frame differs from another; a still clip
+has nothing to interpolate and a blend reproduces it exactly), where every method's mean
+is over the same clips: the per-clip mean PSNR of the frame-interpolation literature.
 Used by benchmarks/interpolation.py.
 """
 
@@ -58,6 +61,11 @@ class Clips:
     captions: list[str]  # C * L, clip by clip
     starts: list[tuple[int, int]]  # (episode, first frame) of each clip
     stride: int
+
+    @property
+    def moving(self) -> np.ndarray:
+        """(C,) bool: True where some frame of the clip differs from its first."""
+        return np.any(self.truth != self.truth[:, :1], axis=tuple(range(1, self.truth.ndim)))
 
 
 def held_out_clips(
@@ -135,15 +143,20 @@ def middle_frames(generator: Any, clips: Clips, method: str, level: int, seed: i
 
 def compare(generator: Any, clips: Clips, methods: list[str] | tuple[str, ...], level: int,
             seed: int = 0) -> dict[str, Any]:  # fmt: skip
-    """{method: summarise(...) of its middle frames against the truth}, plus 'seconds'
-    {method: sampler seconds} for the sampled ones."""
+    """{method: summarise(...) of its middle frames against the truth, with 'moving':
+    the same over the moving clips only}, plus 'seconds' {method: sampler seconds} for the
+    sampled ones."""
     middle = clips.truth[:, 1:-1].astype(np.float64)
     C = len(middle)
+    moving = clips.moving
     result: dict[str, Any] = dict(methods={}, seconds={})
     for method in methods:
         out, seconds = middle_frames(generator, clips, method, level, seed)
         mse = ((out.astype(np.float64) - middle) ** 2).reshape(C, -1).mean(axis=1)
         result["methods"][method] = summarise(mse.tolist())
+        result["methods"][method]["moving"] = (
+            summarise(mse[moving].tolist()) if moving.any() else None
+        )
         if seconds is not None:
             result["seconds"][method] = seconds
     return result

@@ -32,7 +32,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -569,11 +569,13 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = None):
+def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = None,
+          devices: Sequence[jax.Device] | None = None):  # fmt: skip
     """Trains until train.num_steps (or `max_steps`, or SIGTERM); returns the TrainState.
 
     Resumes from the newest checkpoint in workdir/checkpoints if there is one; otherwise
     starts from the params of train.init_from's newest checkpoint when it is set.
+    `devices`: the mesh's devices (default: all; a subset for tools and tests).
     """
     # -----------------------------------------------------------------------------------
     # Config, mesh, data.
@@ -584,7 +586,7 @@ def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = No
     workdir = os.path.abspath(os.fspath(workdir))
     os.makedirs(workdir, exist_ok=True)
     stop_at = t.num_steps if max_steps is None else min(int(max_steps), t.num_steps)
-    mesh = parallel.make_mesh(config.mesh)
+    mesh = parallel.make_mesh(config.mesh, devices)
     rules = parallel.logical_rules(config)
     divisor = parallel.batch_divisor(mesh, rules)
     if config.data.batch_size % divisor:

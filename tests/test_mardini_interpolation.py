@@ -52,17 +52,14 @@ def interpolation_config(data_dir: str):
     """configs/mardini.py:tiny:joint with ST attention on the demo T-KLVAE's 32 px latents,
     trained on the local windows of a depth-4, L = 5 hierarchy (strides 16, 4 and 1) with
     the interpolation mask, sampled in one DDIM step from pure noise (trailing spacing)."""
-    cfg = mardini_configs.get_config("tiny:joint")
-    cfg.vae = common.base("demo").vae
-    cfg.mardini.latent_channels = cfg.vae.latent_channels
-    cfg.mardini.attention = "ST"
-    cfg.data.update(data_dir=data_dir, resolution=32, batch_size=8)
+    cfg = mardini_configs.get_config("tiny:joint")  # 32 px, batch 8, lr 1e-3
+    cfg.vae = common.base("demo").vae  # 4 latent channels, as tiny's
+    cfg.data.data_dir = data_dir
     cfg.hierarchy.update(frames_per_call=5, depth=4)
-    cfg.mardini.update(train_levels="local", train_tasks=("interpolation",), task_share=1.0)
-    cfg.mardini.curriculum.joint.update(steps=STEPS, num_frames=5, resolution=32,
-                                        kept_min=0.3, kept_max=0.5)  # fmt: skip
-    cfg.train.update(learning_rate=1e-3, warmup_steps=100, sample_every=0, log_every=500,
-                     checkpoint_every=STEPS, checkpoint_replica_parallel=False)  # fmt: skip
+    cfg.mardini.update(attention="ST", train_levels="local", train_tasks=("interpolation",),
+                       task_share=1.0)  # fmt: skip
+    cfg.mardini.curriculum.joint.update(steps=STEPS, num_frames=5, kept_min=0.3, kept_max=0.5)
+    cfg.train.update(warmup_steps=100, log_every=500, checkpoint_every=STEPS)
     cfg.diffusion.update(timestep_spacing="trailing", num_sampling_steps=1)
     return cfg
 

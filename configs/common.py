@@ -151,6 +151,9 @@ def mtd_config(preset: str) -> ml_collections.ConfigDict:
             injection_blocks="down_up",
             injection_scales="all",
             injection_kernel_size=1 if sd else 3,  # zero-init convs giving (w, b)
+            # [x0^c, x0^m] also at the UNet's input (zero-init conv added to conv_in's
+            # output): 'concat', or 'none' (the paper: injection only).
+            condition_input="none",
             # > 0: an embedding of the hierarchy level added to the time embedding (one
             # local model shared by all local levels).
             num_level_embeddings=0 if sd else 2,
@@ -176,6 +179,12 @@ def diffusion_config(preset: str) -> ml_collections.ConfigDict:
             beta_end=0.012,
             set_alpha_to_one=False,  # DDIM: alpha-bar after the last step (SD: False)
             prediction="epsilon",  # 'epsilon' | 'v'
+            # Rescale the schedule so alpha-bar is 0 at t = T-1 (Lin et al. 2024; needs 'v').
+            zero_terminal_snr=False,
+            # Given frames of a masked-frame model in x_t: 'noised' (the paper: every frame
+            # noised, the given ones reach the MTD as x0^c only) or 'clean' (kept clean in
+            # training and written back after every sampling step, as MarDini does).
+            given_frames="noised",
             sampler="ddpm" if paper else "ddim",  # 'ddpm' | 'ddim'
             num_sampling_steps={"tiny": 3, "demo": 10}.get(preset, 50),  # demo: 3376 frames, ~7 min
             timestep_spacing="leading",  # 'leading' | 'trailing'

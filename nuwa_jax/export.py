@@ -242,7 +242,7 @@ def mardini_fields(config: Any, saved: dict[str, Any]) -> list[str]:
 
     sections = {"mardini": bundle.ARCHITECTURE_SECTIONS["mardini"], "vae": ("pretrained_dir",)}
     fields = bundle.section_fields(sections, bundle.config_to_dict(config), saved)
-    return fields + [f for f in bundle.NOISE_FIELDS if f != "diffusion.prediction"]
+    return fields + [f for f in bundle.NOISE_FIELDS if f not in bundle.MTD_NOISE_FIELDS]
 
 
 def export_hierarchy(

@@ -39,6 +39,33 @@ def test_alphas_cumprod_match_diffusers(kind):
     )
 
 
+@pytest.mark.parity
+def test_zero_terminal_snr_matches_diffusers():
+    from diffusers import DDPMScheduler
+
+    ref = DDPMScheduler(beta_schedule="scaled_linear", rescale_betas_zero_snr=True, **SD)
+    ours = diffusion.NoiseSchedule.create("scaled_linear", zero_terminal_snr=True)
+    np.testing.assert_allclose(ours.alphas_cumprod, ref.alphas_cumprod.numpy(), atol=2e-7)
+    assert float(ours.alpha_bar(999)) == 0.0  # the noisiest step keeps no signal
+    plain = diffusion.NoiseSchedule.create("scaled_linear")
+    assert float(plain.alpha_bar(999)) > 4e-3  # SD's: alpha-bar 0.0047 at t = 999
+    np.testing.assert_allclose(ours.alpha_bar(0), plain.alpha_bar(0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_zero_terminal_snr_samples_with_v_and_refuses_epsilon(sampler):
+    cfg = _config(sampler=sampler, prediction="v", num_sampling_steps=5, zero_terminal_snr=True,
+                  timestep_spacing="trailing", guidance_scale=1.0, set_alpha_to_one=True)  # fmt: skip
+    sched = diffusion.NoiseSchedule.from_config(cfg)
+    assert samplers.timesteps(1000, 5, "trailing")[0][0] == 999  # starts at pure noise
+    x0 = jax.random.uniform(jax.random.key(3), (2, 3, 4, 4, 2), minval=-1, maxval=1)
+    out = diffusion.sample(_oracle(x0, sched, "v"), x0.shape, jax.random.key(4), cfg)
+    np.testing.assert_allclose(out, x0, atol=2e-3)
+    cfg.prediction = "epsilon"
+    with pytest.raises(ValueError, match="zero_terminal_snr.*'v'"):
+        diffusion.sample(_oracle(x0, sched, "epsilon"), x0.shape, jax.random.key(4), cfg)
+
+
 def test_unknown_schedule_is_named():
     with pytest.raises(ValueError, match="'cosine'"):
         diffusion.NoiseSchedule.create("cosine")

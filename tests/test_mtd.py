@@ -212,6 +212,35 @@ def test_ablation_switches_choose_injection_blocks(cfg):
         _build(cfg, injection_blocks="sometimes")
 
 
+def test_condition_input_starts_as_the_image_unet_and_carries_the_given_frames(
+    unet_dir, cfg, imported, inputs
+):
+    """mtd.condition_input='concat': SD weights still import (the input conv is kept at
+    zero), so at init it equals the paper's MTD; once trained, x0^c and x0^m reach the
+    UNet's input at the given frames, and the temporal layers carry them to the others."""
+    model = _build(cfg, condition_input="concat")
+    kept = convert_unet.load_unet(model, unet_dir[1])
+    assert {"conv_in_condition.kernel", "conv_in_condition.bias"} <= set(kept)
+    x, t, ctx, cond, mask, level = inputs
+    paper = np.asarray(forward(imported[0], x, t, ctx, cond, mask, level))
+    base = np.asarray(forward(model, x, t, ctx, cond, mask, level))
+    np.testing.assert_allclose(base, paper, atol=1e-5)
+    assert _perturb(model, "conv_in_condition", 0.05, seed=5) == 2
+    base = np.asarray(forward(model, x, t, ctx, cond, mask, level))
+    assert np.abs(base - paper).max() > 1e-3
+    cond2 = cond.copy()
+    cond2[:, 0] += 1.0
+    moved = np.abs(np.asarray(forward(model, x, t, ctx, cond2, mask, level)) - base)
+    assert moved[:, 0].max() > 1e-3
+    np.testing.assert_allclose(moved[:, 1:], 0.0, atol=1e-5)  # per frame until time mixes
+    assert _perturb(model, "temporal_conv", 0.05, seed=6) > 0
+    base = np.asarray(forward(model, x, t, ctx, cond, mask, level))
+    moved = np.abs(np.asarray(forward(model, x, t, ctx, cond2, mask, level)) - base)
+    assert moved[:, 1].max() > 1e-4  # the given first frame reaches its neighbour
+    with pytest.raises(ValueError, match="condition_input 'both'"):
+        _build(cfg, condition_input="both")
+
+
 def test_sharded_with_remat_equals_unsharded(cfg, imported, inputs):
     """data=2, fsdp=2, tensor=2, blocks under nnx.remat('dots'): the unsharded output."""
     config = copy.deepcopy(cfg)

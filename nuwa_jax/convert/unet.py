@@ -8,7 +8,7 @@ UNet applied frame by frame:
 
     KEEP_INIT  temporal convs (identity), temporal attentions (zero output projection),
                condition cascades and injections (zero-init injection convs), the level
-               embedding (zeros).
+               embedding (zeros), the input condition conv (zeros).
 
 Any missing, unexpected or mis-shaped key raises `WeightImportError` listing them all.
 """
@@ -36,6 +36,7 @@ KEEP_INIT = (
     "condition_cascade.*",
     "mask_cascade.*",
     "level_embedding",
+    "conv_in_condition.*",  # mtd.condition_input='concat'
 )
 
 # Our path -> diffusers key, after kernel/scale -> weight.

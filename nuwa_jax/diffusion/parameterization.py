@@ -19,6 +19,11 @@ import jax.numpy as jnp
 from nuwa_jax.diffusion.schedules import NoiseSchedule, _expand
 
 PREDICTIONS = ("epsilon", "v")
+# How a masked-frame model sees its given frames: 'noised' (NUWA-XL as written: every frame
+# of x_t is noised, the given ones reach the model only as the condition x0^c) or 'clean'
+# (MarDini's [REF] frames: given frames are clean in x_t in training and written back clean
+# after every sampling step, so the temporal layers carry them, not their noise).
+GIVEN_FRAMES = ("noised", "clean")
 
 
 def check_prediction(prediction: str) -> str:
@@ -26,6 +31,25 @@ def check_prediction(prediction: str) -> str:
     if prediction not in PREDICTIONS:
         raise ValueError(f"diffusion.prediction: unknown {prediction!r}; use {PREDICTIONS}")
     return prediction
+
+
+def check_given_frames(given_frames: str) -> str:
+    """`given_frames` if known, else a ValueError naming it."""
+    if given_frames not in GIVEN_FRAMES:
+        raise ValueError(f"diffusion.given_frames: unknown {given_frames!r}; use {GIVEN_FRAMES}")
+    return given_frames
+
+
+def check_prediction_schedule(prediction: str, zero_terminal_snr: bool, field: str) -> None:
+    """A zero-terminal-SNR schedule keeps no signal at its last step, where x_0 = (x_t -
+    sigma eps) / alpha divides by 0: epsilon prediction cannot sample or train there.
+    `field` names the prediction's config field in the error."""
+    if zero_terminal_snr and check_prediction(prediction) == "epsilon":
+        raise ValueError(
+            f"diffusion.zero_terminal_snr=True with {field}='epsilon': the last step keeps no "
+            f"signal and epsilon cannot give x_0 there; set {field}='v' or "
+            "diffusion.zero_terminal_snr=False"
+        )
 
 
 def q_sample(schedule: NoiseSchedule, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:

@@ -23,7 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from nuwa_jax.diffusion import guidance
-from nuwa_jax.diffusion.parameterization import check_prediction, predict_x0_eps
+from nuwa_jax.diffusion.parameterization import (
+    check_prediction,
+    check_prediction_schedule,
+    predict_x0_eps,
+)
 from nuwa_jax.diffusion.schedules import NoiseSchedule, _expand
 
 SAMPLERS = ("ddpm", "ddim")
@@ -204,6 +208,9 @@ def sample(
     if sampler not in SAMPLERS:
         raise ValueError(f"diffusion.sampler: unknown {sampler!r}; use {SAMPLERS}")
     prediction = check_prediction(config.prediction)
+    check_prediction_schedule(
+        prediction, bool(config.get("zero_terminal_snr", False)), "diffusion.prediction"
+    )
     if replace_known and known is None:
         raise ValueError("sample: replace_known=True needs `known` frames")
     schedule = NoiseSchedule.from_config(config) if schedule is None else schedule

@@ -8,6 +8,13 @@ building another `NoiseSchedule` (vdm's "the schedule is a module").
 Betas are computed as diffusers computes them (scaled_linear is Stable Diffusion's), in float64
 then stored as float32 betas; alpha-bar is their float64 cumulative product, stored float32.
 That matches diffusers' `alphas_cumprod` to about 1e-6 relative.
+
+`zero_terminal_snr` (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps
+are Flawed") rescales sqrt(alpha-bar) linearly so that the last step keeps no signal at all:
+SD's scaled_linear keeps alpha-bar = 0.0047 at t = T-1, so a model trained on it never sees
+pure noise, yet sampling starts there. With it, alpha-bar_{T-1} = 0 and epsilon prediction
+cannot recover x_0 at that step: it needs v-prediction
+(`parameterization.check_prediction_schedule`).
 """
 
 from __future__ import annotations
@@ -53,6 +60,18 @@ def beta_schedule(
     return betas.astype(np.float32)
 
 
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """Betas whose alpha-bar ends at exactly 0 (Lin et al. 2024, Algorithm 1; diffusers'
+    `rescale_zero_terminal_snr`): sqrt(alpha-bar) shifted so its last value is 0 and scaled
+    so its first is unchanged."""
+    abar_sqrt = np.sqrt(np.cumprod(1.0 - betas.astype(np.float64)))
+    first, last = abar_sqrt[0], abar_sqrt[-1]
+    abar_sqrt = (abar_sqrt - last) * first / (first - last)
+    abar = abar_sqrt**2
+    alphas = np.concatenate([abar[:1], abar[1:] / abar[:-1]])
+    return (1.0 - alphas).astype(np.float32)
+
+
 def _expand(a: jax.Array, x: jax.Array) -> jax.Array:
     """`a` with trailing unit axes appended so it broadcasts against `x` from the left."""
     a = jnp.asarray(a)
@@ -78,9 +97,13 @@ class NoiseSchedule:
         beta_start: float = 0.00085,
         beta_end: float = 0.012,
         set_alpha_to_one: bool = True,
+        zero_terminal_snr: bool = False,
     ) -> NoiseSchedule:
-        """The schedule of a named beta schedule (see `beta_schedule`)."""
+        """The schedule of a named beta schedule (see `beta_schedule`), optionally rescaled
+        to zero terminal SNR."""
         betas = beta_schedule(kind, num_timesteps, beta_start, beta_end)
+        if zero_terminal_snr:
+            betas = rescale_zero_terminal_snr(betas)
         abar = np.cumprod(1.0 - betas.astype(np.float64)).astype(np.float32)
         final = np.float32(1.0) if set_alpha_to_one else abar[0]
         return cls(jnp.asarray(abar), jnp.asarray(final))
@@ -94,6 +117,7 @@ class NoiseSchedule:
             config.beta_start,
             config.beta_end,
             config.set_alpha_to_one,
+            bool(config.get("zero_terminal_snr", False)),
         )
 
     @property

@@ -19,7 +19,10 @@ the clips not reproduced exactly (a blend of a clip where nothing moves is exact
 same again over the `moving` clips only (some frame differs from another; a still clip
 has nothing to interpolate and a blend reproduces it exactly), where every method's mean
 is over the same clips: the per-clip mean PSNR of the frame-interpolation literature.
-Used by benchmarks/interpolation.py.
+With `wrong_ends`, each sampled method runs again with every clip given ANOTHER clip's
+ends (the next clip's, its own prompts kept): a model that reads its given frames scores
+far lower then; one that ignores them scores the same (`<method>@wrong_ends`).
+Used by benchmarks/interpolation.py and benchmarks/conditioning.py.
 """
 
 from __future__ import annotations
@@ -107,11 +110,15 @@ def _decoded_middles(generator: Any, latent_clips: list[np.ndarray]) -> np.ndarr
     return np.stack([video_io.to_uint8(generator.decode(z)) for z in latent_clips])[:, 1:-1]
 
 
-def middle_frames(generator: Any, clips: Clips, method: str, level: int, seed: int = 0
-                  ) -> tuple[np.ndarray, float | None]:  # fmt: skip
+SAMPLED = ("mtd", "mardini")
+
+
+def middle_frames(generator: Any, clips: Clips, method: str, level: int, seed: int = 0,
+                  wrong_ends: bool = False) -> tuple[np.ndarray, float | None]:  # fmt: skip
     """(the L - 2 middle frames (C, L - 2, H, W, 3) uint8 that `method` makes, the seconds
     its sampler took (None for the blends and vae)). `level`: the local level the clips are
-    at (the MTD's level embedding, the noise keys)."""
+    at (the MTD's level embedding, the noise keys). `wrong_ends`: clip c is given clip
+    c + 1's encoded ends (a sampled method only)."""
     from nuwa_jax.hierarchy.generator import LatentStore
 
     if method not in METHODS:
@@ -126,6 +133,10 @@ def middle_frames(generator: Any, clips: Clips, method: str, level: int, seed: i
         return _decoded_middles(generator, [generator.encode(truth[c]) for c in range(C)]), None
     ends = np.stack([generator.encode(truth[c, [i]])[0] for c in range(C) for i in (0, L - 1)])
     ends = ends.reshape(C, 2, *ends.shape[1:])
+    if wrong_ends:
+        if method not in SAMPLED or C < 2:
+            raise ValueError(f"wrong_ends needs a sampled method {SAMPLED} and 2+ clips")
+        ends = np.roll(ends, -1, axis=0)
     if method == "latent_blend":
         a = (np.arange(L) / (L - 1))[:, None, None, None]
         mixed = [(1 - a) * ends[c, 0] + a * ends[c, 1] for c in range(C)]
@@ -142,21 +153,24 @@ def middle_frames(generator: Any, clips: Clips, method: str, level: int, seed: i
 
 
 def compare(generator: Any, clips: Clips, methods: list[str] | tuple[str, ...], level: int,
-            seed: int = 0) -> dict[str, Any]:  # fmt: skip
+            seed: int = 0, wrong_ends: bool = False) -> dict[str, Any]:  # fmt: skip
     """{method: summarise(...) of its middle frames against the truth, with 'moving':
     the same over the moving clips only}, plus 'seconds' {method: sampler seconds} for the
-    sampled ones."""
+    sampled ones. `wrong_ends`: also '<method>@wrong_ends' for each sampled method."""
     middle = clips.truth[:, 1:-1].astype(np.float64)
     C = len(middle)
     moving = clips.moving
     result: dict[str, Any] = dict(methods={}, seconds={})
-    for method in methods:
-        out, seconds = middle_frames(generator, clips, method, level, seed)
+    runs = [(m, False) for m in methods]
+    runs += [(m, True) for m in methods if wrong_ends and m in SAMPLED]
+    for method, wrong in runs:
+        out, seconds = middle_frames(generator, clips, method, level, seed, wrong)
         mse = ((out.astype(np.float64) - middle) ** 2).reshape(C, -1).mean(axis=1)
-        result["methods"][method] = summarise(mse.tolist())
-        result["methods"][method]["moving"] = (
+        name = f"{method}@wrong_ends" if wrong else method
+        result["methods"][name] = summarise(mse.tolist())
+        result["methods"][name]["moving"] = (
             summarise(mse[moving].tolist()) if moving.any() else None
         )
         if seconds is not None:
-            result["seconds"][method] = seconds
+            result["seconds"][name] = seconds
     return result

@@ -85,8 +85,20 @@ NOISE_FIELDS = (
     "diffusion.num_train_timesteps",
     "diffusion.beta_start",
     "diffusion.beta_end",
+    "diffusion.zero_terminal_snr",
     "diffusion.prediction",
+    "diffusion.given_frames",
 )
+# What the MTDs alone learned (MarDini has its own prediction and always clean [REF] frames).
+MTD_NOISE_FIELDS = ("diffusion.prediction", "diffusion.given_frames")
+# Fields added after bundles and runs were first saved, with the value that a stored config
+# without them means (what the code did before the field existed). Filled in wherever a
+# stored config is read or compared, so older bundles and runs keep loading as they were.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "diffusion.zero_terminal_snr": False,
+    "diffusion.given_frames": "noised",
+    "mtd.condition_input": "none",
+}
 
 
 class BundleError(ValueError):
@@ -147,8 +159,19 @@ def config_from_dict(data: Mapping[str, Any]) -> ml_collections.ConfigDict:
 
     preset = data.get("preset")
     config = presets.base(preset) if preset in presets.PRESETS else ml_collections.ConfigDict()
-    _update(config, data)
+    _update(config, with_legacy_defaults(data))
     return config
+
+
+def with_legacy_defaults(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Stored config JSON with every LEGACY_DEFAULTS field it lacks filled in (only in
+    sections it has): what a bundle or run saved before that field existed computes."""
+    out = json.loads(json.dumps(dict(data)))
+    for dotted, value in LEGACY_DEFAULTS.items():
+        section, key = dotted.split(".")
+        if isinstance(out.get(section), dict) and key not in out[section]:
+            out[section][key] = value
+    return out
 
 
 _ABSENT = "<absent>"
@@ -199,8 +222,8 @@ def differing_fields(
     """(field, ours, theirs) for every dotted field whose JSON values differ. MarDini's
     width fields compare resolved (0 reads MARDINI_SIZES[size]: `latent_channels=0` and
     `latent_channels=4` agree when the size gives 4)."""
-    a = _flatten(_resolved_widths(config_to_dict(ours)))
-    b = _flatten(_resolved_widths(config_to_dict(theirs)))
+    a = _flatten(_resolved_widths(with_legacy_defaults(config_to_dict(ours))))
+    b = _flatten(_resolved_widths(with_legacy_defaults(config_to_dict(theirs))))
     return [
         (f, a.get(f, _ABSENT), b.get(f, _ABSENT))
         for f in fields
@@ -257,7 +280,7 @@ def component_fields(
     chosen = {s: ARCHITECTURE_SECTIONS.get(s, ()) for s in sorted(sections)}
     noise = list(NOISE_FIELDS) if "mtd" in kinds else []
     if "mardini" in kinds and not noise:
-        noise = [f for f in NOISE_FIELDS if f != "diffusion.prediction"]
+        noise = [f for f in NOISE_FIELDS if f not in MTD_NOISE_FIELDS]
     latent = list(LATENT_FIELDS) if latent_scale and kinds & {"mtd", "mardini"} else []
     return section_fields(chosen, *configs) + latent + noise
 

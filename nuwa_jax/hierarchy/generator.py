@@ -41,6 +41,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nuwa_jax import parallel, video_io
 from nuwa_jax.diffusion import samplers
+from nuwa_jax.diffusion.parameterization import check_given_frames
 from nuwa_jax.hierarchy.models import HierarchyModels, check_mardini
 from nuwa_jax.hierarchy.models import local_backbone as _local_backbone
 from nuwa_jax.hierarchy.plan import HierarchyPlan
@@ -94,7 +95,9 @@ def sample_level(
     keys (S,): one key per clip; null_tokens (T,): the empty prompt, the unconditional
     input of classifier-free guidance (diffusion_config.guidance_scale); level_ids (S,)
     int32: the level embedding of a shared local MTD, or None. Returns latents like
-    cond_latents. Used by the generator and by the trainer's periodic samples.
+    cond_latents. With diffusion_config.given_frames='clean' the given frames are written
+    back clean after every step, as the MTD saw them in training. Used by the generator
+    and by the trainer's periodic samples.
     """
     context = text(tokens)  # (S, L, T, D): one prompt per frame
     uncond = text(jnp.broadcast_to(null_tokens, tokens.shape[1:])[None])
@@ -107,9 +110,10 @@ def sample_level(
         return mtd(x, t, cond, x0c, mask, level)
 
     known = samplers.KnownFrames(cond_latents, cond_mask)
+    clean = check_given_frames(diffusion_config.get("given_frames", "noised")) == "clean"
     return samplers.sample(
         model_fn, cond_latents.shape, keys, diffusion_config, cond=context, uncond=uncond,
-        known=known,
+        known=known, replace_known=clean,
     )  # fmt: skip
 
 

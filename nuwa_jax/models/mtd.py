@@ -41,6 +41,14 @@ switches: `injection_blocks` 'down_up' (SI: down, mid and up), 'up' (up blocks o
 'none'; `injection_scales` 'all' (MI) or 'highest' (only blocks at latent resolution,
 whose cascade is then just scale 0).
 
+Input condition (`condition_input='concat'`, not in the paper): [x0^c, x0^m] also enter at
+the UNet's input, through `conv_in_condition`, a zero-initialised 3x3 conv whose output is
+added to conv_in's: the same as concatenating them to x_t with zero-initialised extra
+input channels (SD-inpainting's way), while conv_in keeps the image UNet's shape and
+weights. The injections are per-frame scale/shift at every block; the input path lets the
+very first temporal convolution see the given frames' content next to the noisy ones
+(docs/models.md has the ablation that chose it).
+
 Level embedding (num_level_embeddings > 0): one shared local model for all local levels,
 told its level by a zero-initialised embedding added to the time embedding.
 
@@ -65,6 +73,7 @@ DOWN_BLOCK_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
 UP_BLOCK_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
 INJECTION_BLOCKS = ("down_up", "up", "none")
 INJECTION_SCALES = ("all", "highest")
+CONDITION_INPUTS = ("none", "concat")
 
 
 def check_config(config: Any) -> None:
@@ -85,6 +94,10 @@ def check_config(config: Any) -> None:
     if config.injection_blocks not in INJECTION_BLOCKS:
         raise ValueError(
             f"mtd.injection_blocks {config.injection_blocks!r} is not one of {INJECTION_BLOCKS}"
+        )
+    if config.get("condition_input", "none") not in CONDITION_INPUTS:
+        raise ValueError(
+            f"mtd.condition_input {config.condition_input!r} is not one of {CONDITION_INPUTS}"
         )
     if config.injection_scales not in INJECTION_SCALES:
         raise ValueError(
@@ -400,6 +413,11 @@ class MTD(nnx.Module):
         n = len(widths)
         temb = 4 * widths[0]
         self.conv_in = layers.Conv2D(config.in_channels, widths[0], 3, **kw)
+        self.conv_in_condition = (
+            layers.Conv2D(config.in_channels + 1, widths[0], 3, zero_init=True, **kw)
+            if config.get("condition_input", "none") == "concat"
+            else None
+        )
         self.time_embedding = layers.TimestepEmbedding(widths[0], temb, **kw)
         self.level_embedding = (
             layers._param(
@@ -526,6 +544,9 @@ class MTD(nnx.Module):
         n = len(cfg.block_out_channels)
 
         hs = self.conv_in(x_t.astype(dtype))
+        if self.conv_in_condition is not None:  # [x0^c, x0^m] at the input too
+            m = jnp.broadcast_to(mask.astype(dtype)[:, :, None, None, None], (b, frames, h, w, 1))
+            hs = hs + self.conv_in_condition(jnp.concatenate([cond.astype(dtype), m], -1))
         skips = [hs]
         for i, block in enumerate(self.down_blocks):
             hs, block_skips = remat(lambda blk, *a: blk(*a))(

@@ -6,8 +6,9 @@
 - `training_latents`: a batch's diffusion latents, encoded by the frozen VAE or sampled
   from a latent store's posterior moments.
 - `mtd_loss`: NUWA-XL's MTD on one level's windows: frozen-VAE latents, prompt dropout
-  for classifier-free guidance, q_sample, MTD(x_t, t, context, x0^c, x0^m), and the
-  denoising MSE on the generated frames only.
+  for classifier-free guidance, q_sample (the given frames kept clean in x_t with
+  diffusion.given_frames='clean'), MTD(x_t, t, context, x0^c, x0^m), and the denoising
+  MSE on the generated frames only.
 - `mardini_loss`: MarDini on clips with kept-frame masks, by curriculum stage: the
   planner's masked reconstruction, or the masked v-loss (planning signals replaced by the
   learned null signal with probability signal_dropout).
@@ -199,12 +200,15 @@ def mtd_loss(
     uncond_tokens: jax.Array,
     prompt_dropout: float,
     level_id: int | jax.Array | None = None,
+    given_frames: str = "noised",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Denoising loss of one level's MTD.
 
     latents (B, L, h, w, c): frozen-VAE latents of the window; tokens (B, L, T) the
     per-frame prompts; cond_mask (B, L) bool, True where a frame is given (x0^m);
-    level_id: a shared local MTD's level-embedding id, one int or one per example (B,).
+    level_id: a shared local MTD's level-embedding id, one int or one per example (B,);
+    given_frames: 'noised' (every frame of x_t noised, the paper) or 'clean' (the given
+    frames clean in x_t, as sampling then re-imposes them: diffusion.given_frames).
     """
     k_drop, k_t, k_noise = jax.random.split(key, 3)
     b = latents.shape[0]
@@ -213,6 +217,8 @@ def mtd_loss(
     t = jax.random.randint(k_t, (b,), 0, schedule.num_timesteps)
     noise = jax.random.normal(k_noise, latents.shape, jnp.float32)
     x_t = diffusion.q_sample(schedule, latents, t, noise)
+    if diffusion.check_given_frames(given_frames) == "clean":
+        x_t = diffusion.KnownFrames(latents, cond_mask).insert(x_t)
     mask = cond_mask.astype(latents.dtype)
     cond = latents * mask[:, :, None, None, None]  # x0^c: given frames, zeros elsewhere
     level = None if level_id is None else jnp.broadcast_to(jnp.asarray(level_id, jnp.int32), (b,))

@@ -95,6 +95,13 @@ def check_config(config: Any) -> None:
         )
     if t.model == "mardini":
         _check_mardini_config(config)
+    d = config.diffusion
+    ztsnr = bool(d.get("zero_terminal_snr", False))
+    if t.model == "mtd":
+        diffusion.check_given_frames(d.given_frames)
+        diffusion.check_prediction_schedule(d.prediction, ztsnr, "diffusion.prediction")
+    if t.model == "mardini":
+        diffusion.check_prediction_schedule(config.mardini.prediction, ztsnr, "mardini.prediction")
     if t.hard_pixel_weight < 0 or not 0 < t.hard_pixel_fraction <= 1:
         raise ValueError(
             f"train.hard_pixel_weight={t.hard_pixel_weight} must be >= 0 and "
@@ -326,6 +333,7 @@ def make_train_step(
             prompt_dropout=config.diffusion.prompt_dropout,
             # A shared local MTD trains on every local level: each window's own embedding.
             level_id=None if level_id is None else batch["level"] - 1,
+            given_frames=config.diffusion.given_frames,
         )
 
     def train_step(state: state_lib.TrainState, frozen_state, batch):

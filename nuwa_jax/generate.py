@@ -62,7 +62,11 @@ from nuwa_jax.render import MissingWeightsError, generation_config, run_generati
 
 _CONFIG = cli.define_config_flag("configs/demo.py")
 _STORYBOARD = flags.DEFINE_string("storyboard", None, "Storyboard file (.json or text).")
-_PROMPT = flags.DEFINE_string("prompt", None, "One prompt for the whole video.")
+_PROMPT = flags.DEFINE_string(
+    "prompt", None,
+    "One prompt for the whole video; with --task=interpolation --backbone=mtd the local "
+    "MTD's prompt at every frame (without it: the empty prompt, guidance's null input).",
+)  # fmt: skip
 _FRAMES = flags.DEFINE_integer("frames", None, "Frames to generate (default N(depth)).")
 _SCHEDULE = flags.DEFINE_enum("schedule", None, ["dod", "ar"], "dod (NUWA-XL) or ar (FDM*).")
 _SAMPLER = flags.DEFINE_enum("sampler", None, ["ddpm", "ddim"], "Overrides diffusion.sampler.")

@@ -29,7 +29,24 @@ MarDini clip (or, for slow motion, batches of clips) from the given frames:
 
 `--inputs`: image files (comma-separated, in order) or one video file; without it, frames
 of the synthetic benchmark. With `--task`, `--guidance` sets mardini.guidance.<task> and
-`--sampler` mardini.sampler; `--checkpoint` needs a bundle holding a MarDini.
+`--sampler` mardini.sampler; `--checkpoint` needs a bundle holding a MarDini (but see
+`--backbone=mtd` below).
+
+Interpolation of a hierarchy level, with either local backbone:
+
+    python -m nuwa_jax.generate --checkpoint=BUNDLE --task=interpolation --backbone=mtd \\
+        --level=1 --inputs=a.png,b.png --out=outputs/interp --save_frames [--prompt="..."]
+
+`--level=K` (1 .. hierarchy.depth - 1): the two images are the ends of a level-K segment
+(s_{K-1} = (L-1) s_K frames apart); the output is its L = hierarchy.frames_per_call frames,
+the given ends first and last (their VAE latents, decoded with the clip), the L-2 between
+generated. `--backbone=mtd`: the bundle's local MTD of level K (a shared one told K by its
+level embedding), conditioned on `--prompt` at every frame or, without it, on the empty
+prompt (guidance's unconditional input); `--guidance` and `--sampler` then set the
+`diffusion` section. `--backbone=mardini`: the MarDini task above (`--level` is checked
+and reported; mardini.num_frames must be L). Default backbone: MarDini when the weights
+hold one (random weights do), else the local MTD, which needs `--level`. `--save_frames`
+(any --task) also writes `<name>.npy`, the uint8 frames (F, H, W, 3), beside the mp4.
 """
 
 from __future__ import annotations
@@ -45,7 +62,11 @@ from nuwa_jax.render import MissingWeightsError, generation_config, run_generati
 
 _CONFIG = cli.define_config_flag("configs/demo.py")
 _STORYBOARD = flags.DEFINE_string("storyboard", None, "Storyboard file (.json or text).")
-_PROMPT = flags.DEFINE_string("prompt", None, "One prompt for the whole video.")
+_PROMPT = flags.DEFINE_string(
+    "prompt", None,
+    "One prompt for the whole video; with --task=interpolation --backbone=mtd the local "
+    "MTD's prompt at every frame (without it: the empty prompt, guidance's null input).",
+)  # fmt: skip
 _FRAMES = flags.DEFINE_integer("frames", None, "Frames to generate (default N(depth)).")
 _SCHEDULE = flags.DEFINE_enum("schedule", None, ["dod", "ar"], "dod (NUWA-XL) or ar (FDM*).")
 _SAMPLER = flags.DEFINE_enum("sampler", None, ["ddpm", "ddim"], "Overrides diffusion.sampler.")
@@ -69,18 +90,33 @@ _INPUTS = flags.DEFINE_list(
 _KEEP = flags.DEFINE_list("keep", None, "--task=arbitrary: the given clip positions, e.g. 0,8.")
 _FACTOR = flags.DEFINE_integer("factor", None, "--task=slow_motion: 2, 4, ... (default 2).")
 _PREFIX = flags.DEFINE_integer("prefix", None, "--task=video_expansion: frames given.")
-TASK_ONLY = ("inputs", "keep", "factor", "prefix")
-NOT_WITH_TASK = ("storyboard", "prompt", "frames", "schedule")
+_BACKBONE = flags.DEFINE_enum(
+    "backbone", None, ["mtd", "mardini"],
+    "--task=interpolation: the model between the two frames: mtd (the bundle's local MTD of "
+    "--level; reads --prompt, or the empty prompt without it) or mardini. Default: mardini "
+    "when the weights hold one (random weights do), else mtd.",
+)  # fmt: skip
+_LEVEL = flags.DEFINE_integer(
+    "level", None,
+    "--task=interpolation: the local level K (1 .. hierarchy.depth-1) whose segment the two "
+    "images end; output: its hierarchy.frames_per_call frames. Needed by --backbone=mtd.",
+)  # fmt: skip
+_SAVE_FRAMES = flags.DEFINE_bool(
+    "save_frames", False, "--task: also write the uint8 frames (F, H, W, 3) as <name>.npy."
+)
+TASK_ONLY = ("inputs", "keep", "factor", "prefix", "backbone", "level", "save_frames")
+NOT_WITH_TASK = ("storyboard", "frames", "schedule")  # --prompt: the MTD's (--backbone=mtd)
 
 
-def apply_flags(config: Any) -> Any:
-    """The CLI's convenience flags written into the (unlocked) config."""
+def apply_flags(config: Any, backbone: str | None = None) -> Any:
+    """The CLI's convenience flags written into the (unlocked) config. `--sampler` and
+    `--guidance` set MarDini's with a --task on MarDini (`backbone`), else the MTDs'."""
     with config.unlocked():
         if _FRAMES.value is not None:
             config.generation.num_frames = _FRAMES.value
         if _SCHEDULE.value is not None:
             config.generation.schedule = _SCHEDULE.value
-        task = _TASK.value
+        task = _TASK.value if backbone != "mtd" else None
         if _SAMPLER.value is not None:
             (config.mardini if task else config.diffusion).sampler = _SAMPLER.value
         if _STEPS.value is not None:
@@ -118,14 +154,16 @@ def main(argv: list[str]) -> None:
     if _CHECKPOINT.value and _RANDOM.value:
         raise app_error("give either --checkpoint or --random_weights, not both")
     try:
-        config = apply_flags(base_config(_CHECKPOINT.value))
+        config = base_config(_CHECKPOINT.value)
+        backbone = task_backbone() if _TASK.value else None
+        config = apply_flags(config, backbone)
     except (ValueError, FileNotFoundError) as e:  # a bad bundle, or overrides it refuses
         raise app_error(str(e)) from None
     if _TASK.value:
-        return main_task(config)
+        return main_task(config, backbone)
     given = [f"--{f}" for f in TASK_ONLY if flags.FLAGS[f].present]
     if given:
-        raise app_error(f"{', '.join(given)}: options of --task (a MarDini task)")
+        raise app_error(f"{', '.join(given)}: options of --task (a clip from given frames)")
     try:
         board = load_storyboard()
     except storyboard.StoryboardError as e:
@@ -161,8 +199,17 @@ def main(argv: list[str]) -> None:
         )
 
 
-def main_task(config: Any) -> None:
-    """--task: a MarDini task on the given frames (nuwa_jax.mardini_tasks)."""
+def task_backbone() -> str:
+    """--backbone, or its default for the weights given (mardini_tasks.choose_backbone)."""
+    from nuwa_jax import mardini_tasks
+
+    held = mardini_tasks.bundle_components(_CHECKPOINT.value) if _CHECKPOINT.value else None
+    return mardini_tasks.choose_backbone(_TASK.value, _BACKBONE.value, held)
+
+
+def main_task(config: Any, backbone: str) -> None:
+    """--task: a MarDini task on the given frames, or interpolation of a hierarchy level
+    with either local backbone (nuwa_jax.mardini_tasks)."""
     from nuwa_jax import mardini_tasks
     from nuwa_jax.convert.common import WeightImportError
     from nuwa_jax.hierarchy.bundle import BundleError
@@ -170,7 +217,7 @@ def main_task(config: Any) -> None:
 
     clash = [f"--{f}" for f in NOT_WITH_TASK if flags.FLAGS[f].present]
     if clash:
-        raise app_error(f"{', '.join(clash)}: not used with --task (a MarDini clip)")
+        raise app_error(f"{', '.join(clash)}: not used with --task (one clip from given frames)")
     try:
         keep = None if _KEEP.value is None else [int(k) for k in _KEEP.value]
     except ValueError:
@@ -179,16 +226,20 @@ def main_task(config: Any) -> None:
         result = mardini_tasks.run_task(
             config, _TASK.value, _INPUTS.value or (), _OUT.value, _NAME.value, _SEED.value,
             _RANDOM.value, _CHECKPOINT.value, keep=keep, prefix=_PREFIX.value,
-            factor=_FACTOR.value, gif=_GIF.value, progress=_PROGRESS.value,
+            factor=_FACTOR.value, gif=_GIF.value, progress=_PROGRESS.value, backbone=backbone,
+            level=_LEVEL.value, prompt=_PROMPT.value, save_frames=_SAVE_FRAMES.value,
         )  # fmt: skip
     except (mardini_tasks.TaskError, UnreadableFileError, MissingWeightsError, BundleError,
             WeightImportError, FileNotFoundError) as e:  # fmt: skip
         raise app_error(str(e)) from None
     report = result.report
+    at = ""
+    if report["level"] is not None:
+        at = f" at level {report['level']}, stride {report['stride']}"
     print(
-        f"{_TASK.value}: {report['num_frames']} frames ({report['input_frames']} input frames, "
-        f"given at {report['given_positions']}) in {report['total_seconds']:.1f} s "
-        f"-> {os.path.join(_OUT.value, _NAME.value)}.mp4"
+        f"{_TASK.value}: {report['num_frames']} frames by {report['backbone']}{at} "
+        f"({report['input_frames']} input frames, given at {report['given_positions']}) in "
+        f"{report['total_seconds']:.1f} s -> {os.path.join(_OUT.value, _NAME.value)}.mp4"
     )
     for level in report["levels"]:
         print(f"  {level['level']}: {level['segments']} clips, {level['calls']} calls, "

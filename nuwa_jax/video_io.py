@@ -1,5 +1,6 @@
 """Video files: writing generated videos (mp4 streamed, gif, keyframe contact sheet,
-filmstrip) and reading the user's images and videos (generation from given frames).
+filmstrip, the uint8 frames as .npy) and reading the user's images and videos (generation
+from given frames).
 
 Everything is written under a temporary name in the target directory and renamed when
 complete, so a crash or a preemption never leaves a file that looks whole. The mp4 writer
@@ -13,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 
 import numpy as np
@@ -125,15 +126,31 @@ def write_mp4(path: str, frames: Iterable[np.ndarray], fps: float) -> int:
     return writer.frames_written
 
 
-def _save_image(path: str, image: Image.Image, **kw) -> None:
+def _write_atomically(path: str, write: Callable[[str], None]) -> None:
+    """`write(tmp)` writes the file under a temporary name, then it is renamed to `path`."""
     tmp = _temp_path(path)
     try:
-        image.save(tmp, format=kw.pop("format"), **kw)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _save_image(path: str, image: Image.Image, **kw) -> None:
+    _write_atomically(path, lambda tmp: image.save(tmp, format=kw.pop("format"), **kw))
+
+
+def write_npy(path: str, frames: np.ndarray) -> None:
+    """Frames (uint8 or [-1, 1]) as a uint8 .npy array (N, H, W, 3): exact pixels, no codec."""
+    frames = to_uint8(frames)
+
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, frames)
+
+    _write_atomically(path, save)
 
 
 def write_gif(path: str, frames: np.ndarray, fps: float, max_frames: int = 512) -> None:

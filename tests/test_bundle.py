@@ -28,7 +28,7 @@ from nuwa_jax.convert import common as convert_common
 from nuwa_jax.export import RunMismatchError, export_hierarchy
 from nuwa_jax.hierarchy import bundle
 from nuwa_jax.hierarchy.models import vae_class
-from nuwa_jax.mardini_tasks import run_task
+from nuwa_jax.mardini_tasks import TaskError, run_task
 from nuwa_jax.models.mardini import MarDini
 from nuwa_jax.models.mardini import dims as mardini_dims
 from nuwa_jax.models.mtd import MTD
@@ -359,8 +359,59 @@ def test_mardini_joins_a_bundle_or_makes_one_with_the_vae(runs, exported, tmp_pa
     result = run_task(cfg, "interpolation", (), str(tmp_path / "v"), checkpoint=str(out),
                       gif=False, progress=False)  # fmt: skip
     assert result.report["weights"]["source"] == "bundle" and result.latents.shape[0] == 5
-    with pytest.raises(bundle.BundleError, match="no 'mardini' network in this bundle"):
-        run_task(cfg, "interpolation", (), str(tmp_path / "v"), checkpoint=str(exported[0]))
+    mtds_only = str(exported[0])
+    with pytest.raises(bundle.BundleError, match="no 'mardini' network in this bundle .*"
+                       "its local MTDs interpolate: --backbone=mtd --level=K"):  # fmt: skip
+        run_task(cfg, "interpolation", (), str(tmp_path / "v"), checkpoint=mtds_only,
+                 backbone="mardini")  # fmt: skip
+    with pytest.raises(TaskError, match="--backbone=mtd needs --level=K"):  # the default, here
+        run_task(cfg, "interpolation", (), str(tmp_path / "v"), checkpoint=mtds_only)
+    with pytest.raises(bundle.BundleError, match="no local MTD .*components: mardini, vae"):
+        run_task(cfg, "interpolation", (), str(tmp_path / "v"), checkpoint=str(out),
+                 backbone="mtd", level=1)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_interpolation_cli_with_the_bundles_local_mtd(exported, tmp_path):
+    """`generate --checkpoint=B --task=interpolation --level=1 --save_frames --prompt=...`
+    on an MTD-only bundle: the default backbone is its local MTD (with its own text
+    encoder); the clip keeps the given ends; bad flags exit 2 naming the flag. Slow: a
+    fresh process compiles the VAE and the MTD sampler (~40 s on 2 cores)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pngs = []
+    for i in range(2):
+        pngs.append(str(tmp_path / f"end{i}.png"))
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), np.uint8)).save(pngs[-1])
+    weights, _ = bundle.bundle_paths(exported[0])
+    out = tmp_path / "interp"
+    cmd = [sys.executable, "-m", "nuwa_jax.generate", f"--checkpoint={weights}",
+           "--task=interpolation", "--level=1", f"--inputs={','.join(pngs)}", f"--out={out}",
+           "--save_frames", "--prompt=a small red circle walks left", "--progress=false",
+           "--gif=false"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": REPO}
+    kw = dict(capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
+    run = subprocess.run(cmd, **kw)
+    assert run.returncode == 0, run.stderr[-3000:]
+    L = exported[1]["config"]["hierarchy"]["frames_per_call"]
+    assert f"interpolation: {L} frames by mtd at level 1" in run.stdout
+    report = json.loads((out / "video_timings.json").read_text())
+    assert report["weights"]["source"] == "bundle" and report["backbone"] == "mtd"
+    assert set(report["parameters"]) == {"text_local1", "vae", "mtd_local1"}
+    assert report["prompt"] == "a small red circle walks left"
+    frames = np.load(out / "video.npy")
+    assert frames.shape == (L, 16, 16, 3) and frames.dtype == np.uint8
+    refusals = {
+        "--level=2": "--level=2: the local levels of this hierarchy are 1 .. 1",
+        "--backbone=mardini": "no 'mardini' network in this bundle",
+    }
+    for flag, message in refusals.items():
+        bad = subprocess.run([*cmd[:4], "--task=interpolation", flag,
+                              f"--inputs={','.join(pngs)}"], **kw)  # fmt: skip
+        assert bad.returncode == 2 and message in bad.stderr, (flag, bad.stderr[-2000:])
+    story = subprocess.run([*cmd[:4], "--prompt=x", "--save_frames"], **kw)
+    assert story.returncode == 2 and "--save_frames: options of --task" in story.stderr
 
 
 @pytest.mark.slow

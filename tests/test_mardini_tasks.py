@@ -1,7 +1,8 @@
 """MarDini tasks from the user's frames (nuwa_jax.mardini_tasks) and MarDini as the local
 backbone of Diffusion over Diffusion: plans per task, errors naming the file or flag, each
 task end to end on tiny random networks (given frames come out exactly as encoded),
-sharded == unsharded, the CLI, and DoD with MarDini locals (the MTD run's keyframes)."""
+sharded == unsharded, the CLI, DoD with MarDini locals (the MTD run's keyframes), and
+interpolation of a hierarchy level (--level) with either local backbone (--backbone)."""
 
 import json
 import os
@@ -18,6 +19,7 @@ from PIL import Image
 from configs import common
 from nuwa_jax import mardini_tasks as mt
 from nuwa_jax import parallel, video_io
+from nuwa_jax.hierarchy.bundle import BundleError
 from nuwa_jax.hierarchy.generator import Generator, LatentStore
 from nuwa_jax.hierarchy.models import HierarchyModels
 from nuwa_jax.models.mtd import MTD
@@ -249,3 +251,146 @@ def test_dod_with_mardini_locals_keeps_the_mtd_keyframes(models):
     with pytest.raises(ValueError, match="no MarDini network"):
         Generator(cfg, HierarchyModels(text, moved.vae, (mtd, mtd), (None, None)), mesh, rules,
                   make_tokenizer(cfg.text))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------
+# Interpolation of a hierarchy level (--level) with either local backbone (--backbone).
+# ---------------------------------------------------------------------------------------
+def level_config():
+    """Depth 3 (local levels 1 and 2), L = 5 = mardini.num_frames; a small MTD."""
+    cfg = tiny_config()
+    cfg.hierarchy.depth = 3
+    cfg.mtd.block_out_channels = (16, 32)
+    return cfg
+
+
+def test_level_interpolation_errors_name_the_flag_and_value(files, tmp_path):
+    """Every bad --level / --backbone / --prompt / --inputs is refused before any network
+    is built (random weights: nothing to load), naming the flag and the value."""
+    pngs, clip = files
+    assert mt.choose_backbone("interpolation", None, None) == "mardini"  # random: both
+    assert mt.choose_backbone("interpolation", None, {"vae", "mtd_global", "mtd_local"}) == "mtd"
+    assert mt.choose_backbone("interpolation", None, {"vae", "mardini", "mtd_global"}) == "mardini"
+    cfg = level_config()
+
+    def refused(match, task="interpolation", paths=pngs[:2], **kw):
+        with pytest.raises(mt.TaskError, match=match):
+            mt.run_task(cfg, task, paths, str(tmp_path), random_weights=True, **kw)
+
+    refused(r"--level=3: the local levels of this hierarchy are 1 \.\. 2 \(hierarchy.depth=3",
+            level=3, backbone="mtd")  # fmt: skip
+    refused(r"--level=0: .*level 0 is the global model", level=0)
+    refused(r"--backbone=mtd needs --level=K \(1 \.\. hierarchy.depth - 1 = 2\)", backbone="mtd")
+    refused("--backbone=mtd: the local MTD only interpolates", task="image_to_video",
+            paths=pngs[:1], backbone="mtd")  # fmt: skip
+    refused("--level is an option of --task=interpolation, not of --task=image_to_video",
+            task="image_to_video", paths=pngs[:1], level=1)  # fmt: skip
+    refused("--prompt: only the local MTD reads a prompt", prompt="a red circle")
+    refused(r"--level=1: give 2 images.* \(16 frames apart\); --inputs gave 1 image: .*img0\.png",
+            paths=pngs[:1], level=1, backbone="mtd")  # fmt: skip
+    refused(r"--level=2: give 2 images.*--inputs gave 3 images", paths=pngs, level=2)
+    refused(r"--level=1: give 2 images.*--inputs gave 7 frames of .*clip\.mp4", paths=[clip],
+            level=1)  # fmt: skip
+    wrong = level_config()
+    wrong.mardini.num_frames = 4
+    with pytest.raises(mt.TaskError, match=r"mardini.num_frames=4 != hierarchy.frames_per_call=5"):
+        mt.run_task(wrong, "interpolation", pngs[:2], str(tmp_path), random_weights=True, level=1)
+    flat = level_config()
+    flat.hierarchy.depth = 1
+    with pytest.raises(mt.TaskError, match=r"--level=1: the local levels of this hierarchy are "
+                       r"none \(hierarchy.depth=1"):  # fmt: skip
+        mt.run_task(flat, "interpolation", pngs[:2], str(tmp_path), random_weights=True, level=1)
+    # Weights without the backbone's network: named, before anything runs.
+    vae_only = HierarchyModels(None, object(), (), ())
+    with pytest.raises(BundleError, match="the given networks: no 'mardini' network"):
+        mt.run_task(cfg, "interpolation", pngs[:2], str(tmp_path), models=vae_only,
+                    backbone="mardini", level=1)  # fmt: skip
+    with pytest.raises(BundleError, match=r"--backbone=mtd, but no local MTD .*components: vae"):
+        mt.run_task(cfg, "interpolation", pngs[:2], str(tmp_path), models=vae_only,
+                    backbone="mtd", level=1)  # fmt: skip
+    assert not os.listdir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def level_models(models):
+    """The fixture's VAE and MarDini, a global MTD, and ONE local MTD shared by levels 1
+    and 2 (level ids 0 and 1) with a random level embedding, so the level id matters."""
+    cfg = level_config()
+    mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
+    make = lambda ctor, seed: parallel.create_sharded_model(  # noqa: E731
+        lambda: ctor(nnx.Rngs(seed)), mesh, rules
+    )
+    text = make(lambda r: TextEncoder(cfg.text, cfg.compute, rngs=r), 0)
+    glob, local = (make(lambda r: MTD(cfg.mtd, cfg.compute, rngs=r), s) for s in (2, 3))
+    table = local.level_embedding[...]
+    local.level_embedding[...] = jax.random.normal(jax.random.key(5), table.shape, table.dtype)
+    return HierarchyModels(text, models.vae, (glob, local, local), (None, 0, 1), (),
+                           models.mardini)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_level_interpolation_keeps_the_given_ends_with_either_backbone(level_models, files,
+                                                                        tmp_path):  # fmt: skip
+    """--level=2 with the local MTD and with MarDini: an L-frame clip whose first and last
+    latents are the images as encoded, the .npy frames are that clip decoded (uint8,
+    (L, H, W, 3)); the MTD samples exactly as the hierarchy calls it (sample_level with
+    the shared MTD's level id, the prompt at every frame, the level's segment-0 key)."""
+    from nuwa_jax.hierarchy.generator import sample_level
+
+    pngs, _ = files
+    cfg = level_config()
+    mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
+    tokenizer = make_tokenizer(cfg.text)
+    gen = Generator(cfg, level_models, mesh, rules, tokenizer, local_backbone="mtd")
+    encoded = gen.encode(mt.read_inputs(pngs[:2], 16).frames)
+    prompt, seed = "a small red circle walks left", 3
+    results = {}
+    for backbone in ("mtd", "mardini"):
+        out = tmp_path / backbone
+        results[backbone] = result = mt.run_task(
+            cfg, "interpolation", pngs[:2], str(out), seed=seed, models=level_models,
+            backbone=backbone, level=2, prompt=prompt if backbone == "mtd" else None,
+            save_frames=True, gif=False, progress=False,
+        )  # fmt: skip
+        assert result.latents.shape == (L, *gen.latent_shape)
+        np.testing.assert_allclose(result.latents[[0, -1]], encoded, atol=1e-5)
+        assert np.abs(result.latents[1:-1] - result.latents[[0]]).max() > 1e-3
+        frames = np.load(out / "video.npy")
+        assert frames.dtype == np.uint8 and frames.shape == (L, 16, 16, 3)
+        np.testing.assert_array_equal(frames, video_io.to_uint8(gen.decode(result.latents)))
+        assert sorted(os.listdir(out)) == ["video.mp4", "video.npy", "video_frames.png",
+                                           "video_timings.json"]  # fmt: skip
+        with av.open(str(out / "video.mp4")) as c:
+            assert sum(1 for _ in c.decode(video=0)) == L
+        report = json.loads((out / "video_timings.json").read_text())
+        assert (report["backbone"], report["level"], report["stride"], report["ends_apart"],
+                report["given_positions"], report["clip_frames"]) == (backbone, 2, 1, 4, [0, 4],
+                                                                      L)  # fmt: skip
+        assert [lv["backbone"] for lv in report["levels"]] == [backbone]
+    report = json.loads((tmp_path / "mtd" / "video_timings.json").read_text())
+    assert report["prompt"] == prompt and set(report["parameters"]) == {"text", "vae", "mtd_local"}
+
+    # The MTD's clip, sampled directly as the hierarchy's level-2 segment 0 would be.
+    cond = np.zeros((1, L, *gen.latent_shape), np.float32)
+    cond[0, [0, -1]] = encoded
+    mask = np.zeros((1, L), bool)
+    mask[0, [0, -1]] = True
+    tokens = np.asarray(tokenizer([prompt] * L)).reshape(1, L, -1)
+    keys = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 2), 0)[None]
+    mtd, text = level_models.mtds[2], level_models.text
+
+    @nnx.jit
+    def direct(mtd, text, level_ids):
+        return sample_level(mtd, text, tokens, cond, mask, keys, gen.null_tokens,
+                            cfg.diffusion, level_ids)  # fmt: skip
+
+    expected = np.asarray(direct(mtd, text, np.array([1], np.int32)))[0]
+    np.testing.assert_allclose(results["mtd"].latents[1:-1], expected[1:-1], atol=2e-4)
+    as_level_1 = np.asarray(direct(mtd, text, np.array([0], np.int32)))[0]
+    assert np.abs(as_level_1[1:-1] - expected[1:-1]).max() > 1e-3  # the level id matters
+    # MarDini: --level only names the stride; the clip is the plain interpolation task's.
+    plain = mt.run_task(cfg, "interpolation", pngs[:2], str(tmp_path / "plain"), seed=seed,
+                        models=level_models, backbone="mardini", gif=False,
+                        progress=False)  # fmt: skip
+    np.testing.assert_array_equal(plain.latents, results["mardini"].latents)
+    assert plain.report["level"] is None and plain.report["stride"] is None

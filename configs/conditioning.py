@@ -49,9 +49,16 @@ def get_config(arg: str | None = None):
     config.hierarchy.update(frames_per_call=5, depth=3)  # strides 16, 4, 1
     config.data.update(resolution=32, batch_size=8)
     config.train.update(
-        model="mtd", level=1, num_steps=600, learning_rate=1e-3, warmup_steps=50,
-        log_every=100, checkpoint_every=600, sample_every=0, ema_decay=0.99,
-    )  # fmt: skip
+        model="mtd",
+        level=1,
+        num_steps=600,
+        learning_rate=1e-3,
+        warmup_steps=50,
+        log_every=100,
+        checkpoint_every=600,
+        sample_every=0,
+        ema_decay=0.99,
+    )
     config.diffusion.update(
         prediction=v["prediction"],
         given_frames=v["given_frames"],

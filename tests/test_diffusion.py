@@ -54,8 +54,8 @@ def test_zero_terminal_snr_matches_diffusers():
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_zero_terminal_snr_samples_with_v_and_refuses_epsilon(sampler):
-    cfg = _config(sampler=sampler, prediction="v", num_sampling_steps=5, zero_terminal_snr=True,
-                  timestep_spacing="trailing", guidance_scale=1.0, set_alpha_to_one=True)  # fmt: skip
+    cfg = _config(sampler=sampler, prediction="v", num_sampling_steps=5, zero_terminal_snr=True)
+    cfg.update(timestep_spacing="trailing", guidance_scale=1.0, set_alpha_to_one=True)
     sched = diffusion.NoiseSchedule.from_config(cfg)
     assert samplers.timesteps(1000, 5, "trailing")[0][0] == 999  # starts at pure noise
     x0 = jax.random.uniform(jax.random.key(3), (2, 3, 4, 4, 2), minval=-1, maxval=1)

@@ -17,6 +17,7 @@ Modules, one idea each:
   adherence      caption adherence by the renderer's own rules
   coherence      frame-to-frame change at schedule seams vs inside segments
   interpolation  the local levels' task on held-out clips: models vs linear blends, PSNR
+  conditioning   does a trained local MTD read its given frames? (true vs wrong ends)
   videos         reading mp4s, frame stores and frame directories in chunks
   report         one streaming pass over everything -> the JSON report
 """

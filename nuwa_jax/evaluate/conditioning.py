@@ -1,0 +1,117 @@
+"""Does a local MTD read its given frames? The probe of configs/conditioning.py.
+
+A model that uses its given frames interpolates held-out clips far better with their own
+ends than with another clip's; one that ignores them scores the same with either (issue
+17's finding on the first demo bundle: 11 dB vs 9-9.3 dB). `Setting` renders the training
+episodes, encodes them with the frozen demo T-KLVAE and cuts held-out clips at the
+trained level's stride once; `probe` scores a trained run on them with the true and the
+wrong ends (`interpolation.compare(..., wrong_ends=True)`).
+Used by benchmarks/conditioning.py (every variant) and tests/test_conditioning.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from nuwa_jax import parallel
+from nuwa_jax.data import latents as latents_lib
+from nuwa_jax.data import synthetic
+from nuwa_jax.evaluate import interpolation
+from nuwa_jax.hierarchy.generator import Generator
+from nuwa_jax.hierarchy.models import HierarchyModels
+from nuwa_jax.hierarchy.plan import HierarchyPlan
+from nuwa_jax.models.text import make_tokenizer
+from nuwa_jax.train import checkpoint as ckpt
+
+HELD_OUT = 100_000  # first held-out episode index (training renders 0, 1, ...)
+
+
+@dataclasses.dataclass
+class Setting:
+    """Training data, the frozen VAE and the held-out clips of one probe."""
+
+    data_dir: str
+    latents_dir: str
+    vae: Any
+    clips: interpolation.Clips
+    mesh: Any
+    rules: Any
+    level: int
+
+    @classmethod
+    def prepare(
+        cls,
+        config: Any,
+        work: str | os.PathLike,
+        vae_bundle: str,
+        *,
+        train_episodes: int,
+        held_out_episodes: int,
+        clips: int,
+        devices: list[jax.Device] | None = None,
+    ) -> Setting:
+        """Renders `train_episodes` synthetic episodes of 226 frames, their latent store
+        (the VAE of `vae_bundle`) and `clips` clips of level train.level from
+        `held_out_episodes` held-out episodes of 128 frames, in `work` (each kept there and
+        reused when present)."""
+        work = os.path.abspath(os.fspath(work))
+        data_dir, latents_dir = os.path.join(work, "data"), os.path.join(work, "latents")
+        side = config.data.resolution
+        synthetic.write_benchmark(data_dir, episodes=train_episodes, frames=226, resolution=side)
+        mesh, rules = parallel.make_mesh(config.mesh, devices), parallel.logical_rules(config)
+        config = config.copy_and_resolve_references()
+        config.data.data_dir = data_dir
+        vae, info = latents_lib.load_vae(config, mesh, rules, vae_bundle=vae_bundle)
+        if not os.path.exists(os.path.join(latents_dir, "metadata.json")):
+            latents_lib.write_latent_store(config, latents_dir, vae, info, mesh=mesh, rules=rules)
+        held_out, frames = os.path.join(work, "held_out"), 128
+        synthetic.held_out_benchmark(
+            held_out,
+            episodes=held_out_episodes,
+            first_episode=HELD_OUT,
+            frames=frames,
+            resolution=side,
+        )
+        h, level = config.hierarchy, config.train.level
+        window = HierarchyPlan.full(h.frames_per_call, h.depth).window(level, 0)
+        cut = interpolation.held_out_clips(
+            held_out,
+            window,
+            clips,
+            np.random.default_rng(0),
+            first_episode=HELD_OUT,
+            episodes=held_out_episodes,
+            frames=frames,
+        )
+        return cls(data_dir, latents_dir, vae, cut, mesh, rules, level)
+
+    def train_config(self, config: Any) -> Any:
+        """`config` reading this setting's latent store."""
+        config = config.copy_and_resolve_references()
+        config.data.update(data_dir=self.data_dir, latents_dir=self.latents_dir)
+        return config
+
+    def generator(self, config: Any, run: str | os.PathLike | None) -> Generator:
+        """A generator with the frozen VAE and, from `run`, the trained MTD of the level
+        (random MTDs without a run: enough for the blends)."""
+        models = HierarchyModels.create(config, self.mesh, self.rules)
+        models.vae = self.vae
+        if run is not None:
+            ckpt.restore_ema(run, {"mtd": models.mtds[self.level], "text": models.text})
+        return Generator(config, models, self.mesh, self.rules, make_tokenizer(config.text))
+
+    def probe(self, config: Any, run: str | os.PathLike) -> dict[str, Any]:
+        """interpolation.compare of the run's MTD with the true and the wrong ends:
+        methods 'mtd' and 'mtd@wrong_ends'."""
+        gen = self.generator(config, run)
+        return interpolation.compare(gen, self.clips, ["mtd"], self.level, wrong_ends=True)
+
+    def reference(self, config: Any) -> dict[str, Any]:
+        """The pixel blend, the latent blend and the VAE ceiling on the same clips."""
+        gen = self.generator(config, None)
+        return interpolation.compare(gen, self.clips, ["blend", "latent_blend", "vae"], self.level)

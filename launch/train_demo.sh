@@ -20,7 +20,10 @@
 # latent store is encoded with the VAE in use (and again whenever that VAE has trained
 # since, `nuwa_jax.train.progress latents_current`); each MTD stage whose workdir has no
 # checkpoint starts from the bundle's weights (--config.train.init_from=$BUNDLE.json) and
-# trains its GLOBAL_STEPS / LOCAL_STEPS more; the export replaces the bundle, its
+# trains its GLOBAL_STEPS / LOCAL_STEPS more, unless the bundle's MTDs are of another
+# architecture or diffusion recipe than configs/demo.py (`nuwa_jax.train.progress
+# mtds_fit`: a bundle from before a recipe change), whose MTDs then train from scratch
+# for GLOBAL_STEPS / LOCAL_STEPS (its VAE still frozen); the export replaces the bundle, its
 # manifest counting each network's steps in total (sources.*.total_steps). To train from
 # nothing instead, point BUNDLE elsewhere.
 # With MARDINI=1, after those (not in the shipped bundle, which stays VAE + MTDs):
@@ -97,8 +100,13 @@ main() {
       --out="$RUN/latents" $EXTRA
   fi
 
+  MTD_INIT=$INIT
+  if [ -n "$INIT" ] && ! $PYTHON -m nuwa_jax.train.progress mtds_fit "$BUNDLE.json" $CONFIG; then
+    stamp "the MTDs of $BUNDLE.json are of another architecture or recipe (above): they train anew"
+    MTD_INIT=""
+  fi
   LATENTS="--config.data.latents_dir=$RUN/latents --config.train.model=mtd --config.train.sample_every=0"
-  LATENTS="$LATENTS --config.data.batch_size=$MTD_BATCH $INIT"
+  LATENTS="$LATENTS --config.data.batch_size=$MTD_BATCH $MTD_INIT"
   # mtd NAME LEVEL STEPS [CPUS]: one MTD stage, pinned to CPUS (taskset) when given.
   mtd() {
     local pin=()

@@ -68,3 +68,22 @@ def test_latents_current(tmp_path):
     (latents / "metadata.json").write_text("{")
     with pytest.raises(ValueError, match="metadata.json"):
         progress.latents_current(latents, vae)
+
+
+def test_mtds_fit_names_what_differs_from_the_bundle(tmp_path):
+    """A bundle's MTDs may start an MTD run only when the config has their architecture
+    and recipe: a config of the bundle's own fits, a changed recipe field is named."""
+    demo = os.path.join(os.path.dirname(os.path.dirname(__file__)), "checkpoints", "demo")
+    stem = os.path.join(demo, "demo")
+    source = (
+        "from nuwa_jax.hierarchy import bundle\n\n\n"
+        "def get_config(arg=None):\n"
+        f"    config = bundle.config_from_dict(bundle.read_manifest({stem!r})['config'])\n"
+        "    config.mtd.condition_input = arg or config.mtd.condition_input\n"
+        "    return config\n"
+    )
+    (tmp_path / "same.py").write_text(source)
+    assert progress.mtds_fit(stem, str(tmp_path / "same.py")) == []
+    assert progress.main(["mtds_fit", stem, str(tmp_path / "same.py")]) == 0
+    changed = progress.mtds_fit(stem, f"{tmp_path / 'same.py'}:concat")
+    assert changed == ["mtd.condition_input: config 'concat', bundle 'none'"]

@@ -2,6 +2,7 @@
 
     python -m nuwa_jax.train.progress steps_before RUN MODULE [BUNDLE]
     python -m nuwa_jax.train.progress latents_current LATENTS VAE_RUN
+    python -m nuwa_jax.train.progress mtds_fit BUNDLE CONFIG
 
 `steps_before` prints the steps MODULE ('vae', 'mtd', 'text', 'mardini') had been
 trained before the run in RUN began: what its init_from.json records, else (a run not
@@ -12,6 +13,10 @@ bundles lie behind it (launch/train_demo.sh).
 `latents_current` exits 0 when the latent store LATENTS was encoded by the newest
 checkpoint of the VAE run VAE_RUN, 1 when it is stale (the VAE has trained since) or
 missing, so a script re-encodes it before training on it.
+
+`mtds_fit` exits 0 when the MTDs of BUNDLE have the architecture and the diffusion recipe
+of the config file CONFIG (so MTD runs may start from their weights), 1 otherwise,
+naming the differing fields on stderr (a bundle of an older recipe: its MTDs train anew).
 """
 
 from __future__ import annotations
@@ -66,6 +71,22 @@ def latents_current(latents_dir: str | os.PathLike, vae_workdir: str | os.PathLi
     return bool(same_run) and vae.get("step") == newest_step(vae_workdir)
 
 
+def mtds_fit(bundle_path: str, config_path: str) -> list[str]:
+    """The fields where the MTDs of the bundle differ from the config file's (empty: they
+    fit, weights and recipe), LATENT_FIELDS excepted (MTDs adapt to another scale)."""
+    from nuwa_jax import cli
+    from nuwa_jax.hierarchy import bundle
+
+    config = cli.load_config(config_path)
+    stored = bundle.read_manifest(bundle_path)["config"]
+    ours = bundle.config_to_dict(config)
+    fields = bundle.component_fields(["mtd"], ours, stored, latent_scale=False)
+    return [
+        f"{f}: config {a!r}, bundle {b!r}"
+        for f, a, b in bundle.differing_fields(ours, stored, fields)
+    ]
+
+
 def main(argv: list[str]) -> int:
     usage = __doc__.split("\n\n")[1]
     if len(argv) >= 3 and argv[0] == "steps_before":
@@ -73,6 +94,11 @@ def main(argv: list[str]) -> int:
         return 0
     if len(argv) == 3 and argv[0] == "latents_current":
         return 0 if latents_current(argv[1], argv[2]) else 1
+    if len(argv) == 3 and argv[0] == "mtds_fit":
+        differ = mtds_fit(argv[1], argv[2])
+        for line in differ:
+            print(line, file=sys.stderr)
+        return 1 if differ else 0
     print(f"usage:\n{usage}", file=sys.stderr)
     return 2
 

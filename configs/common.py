@@ -95,15 +95,16 @@ def hierarchy_config(preset: str) -> ml_collections.ConfigDict:
 
 
 def generation_config(preset: str) -> ml_collections.ConfigDict:
-    """Generation (nuwa_jax.hierarchy.generator, nuwa_jax.generate)."""
+    """Generation (nuwa_jax.hierarchy.generator, nuwa_jax.generate).
+
+    The DoD plan has no switch: every video, however short, runs all hierarchy.depth
+    levels pruned to num_frames, each model at the stride it was trained for
+    (nuwa_jax.hierarchy.plan.generation_plan, docs/generation.md).
+    """
     return ml_collections.ConfigDict(
         dict(
             num_frames=ml_collections.config_dict.placeholder(int),  # None: N(depth)
             schedule="dod",  # 'dod' (Diffusion over Diffusion) | 'ar' (the FDM* baseline)
-            # 'smallest': the shallowest plan that covers num_frames (global model on top,
-            # then the local models of the finest strides); 'config': hierarchy.depth levels
-            # always, the plan pruned to num_frames (every model at its training stride).
-            plan_depth="smallest",
             # Segments one device takes per model call: a level's segments run in chunks of
             # max_segments_per_device x (data x fsdp devices), which bounds memory.
             max_segments_per_device=1,

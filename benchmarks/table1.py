@@ -42,13 +42,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import report  # noqa: E402
 from nuwa_jax import cli, parallel  # noqa: E402
+from nuwa_jax.data import synthetic  # noqa: E402
 
 _CONFIG = cli.define_config_flag("configs/demo.py")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "checkpoints/demo/demo", "Hierarchy bundle.")
 _RANDOM = flags.DEFINE_bool("random_weights", False, "The config's random initialisation.")
 _FRAMES = flags.DEFINE_list("frames", ["16", "256", "1024"], "Video lengths N.")
 _VIDEOS = flags.DEFINE_integer("videos", 4, "Held-out episodes = videos per N and schedule.")
-_FIRST = flags.DEFINE_integer("first_episode", 100_000, "First held-out episode index.")
+_FIRST = flags.DEFINE_integer("first_episode", synthetic.HELD_OUT_FIRST_EPISODE,
+                              "First held-out episode index.")  # fmt: skip
 _SCHEDULES = flags.DEFINE_list("schedules", ["dod", "ar"], "Schedules to compare.")
 _WEIGHTS = flags.DEFINE_string(
     "feature_weights", "", "Synthetic feature networks' .json (empty: no Avg-FID / B-FVD-16)."
@@ -123,7 +125,7 @@ def main(argv: list[str]) -> None:
     import jax
 
     from nuwa_jax import render, storyboard
-    from nuwa_jax.data import schema, synthetic
+    from nuwa_jax.data import schema
     from nuwa_jax.evaluate import features
     from nuwa_jax.evaluate import report as eval_report
     from nuwa_jax.evaluate import videos as eval_videos

@@ -248,12 +248,16 @@ def data_config(preset: str) -> ml_collections.ConfigDict:
             frames_per_shard=1024,  # consecutive frames of one episode per shard file
             index_every=16,  # metadata.json keeps the byte offset of every n-th record
             skip_bad=False,  # skip and count bad records instead of raising
-            # Synthetic benchmark (nuwa_jax.data.synthetic).
+            # Synthetic benchmark (nuwa_jax.data.synthetic): training renders episodes
+            # [0, synthetic_episodes); held-out ones start at synthetic.HELD_OUT_FIRST_EPISODE.
             synthetic_seed=0,
-            synthetic_episodes={"tiny": 2}.get(preset, 8),
+            synthetic_episodes={"tiny": 2, "demo": 16}.get(preset, 8),
             synthetic_eval_episodes={"tiny": 1}.get(preset, 2),
-            # (L-1)^m + 1 frames: a full 3-level hierarchy at L=16 needs 3376.
-            synthetic_frames={"tiny": 226}.get(preset, 3376),
+            # Frames per episode. A global window spans N(m) = (L-1)^m + 1 frames (3376 at
+            # L=16, m=3); an episode of F frames holds F - N(m) + 1 of them, so episodes of
+            # exactly N(m) give one global window each. demo: 2 N(m), 3377 global windows
+            # per episode (docs/data.md, `python -m nuwa_jax.data.pipeline`).
+            synthetic_frames={"tiny": 226, "demo": 6752}.get(preset, 3376),
             # --- grain pipeline fields (nuwa_jax/data/pipeline.py) below this line ---
             batch_size={"tiny": 8, "demo": 8}.get(preset, 64),  # global, all hosts
             # Hierarchy levels whose training windows are mixed into the stream

@@ -11,7 +11,8 @@ Per-level call times are recorded so that docs/performance.md can project the la
 D devices. Writes benchmarks/results/dod_vs_ar_<preset>_<device>.json.
 
 The hierarchy depth is raised to the smallest that covers the longest N (with one local
-MTD shared across local levels, so the number of networks stays two).
+MTD shared across local levels, so the number of networks stays two); every N runs at
+that depth (generation's plan: each model at its training stride).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import report  # noqa: E402
 from nuwa_jax import cli, parallel  # noqa: E402
+from nuwa_jax.data import synthetic  # noqa: E402
 
 _CONFIG = cli.define_config_flag("configs/demo.py")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Bundle with the local MTD and MarDini.")
@@ -33,7 +34,8 @@ _METHODS = flags.DEFINE_list(
 _LEVELS = flags.DEFINE_list("levels", None, "Local levels (default: every local level).")
 _CLIPS = flags.DEFINE_integer("clips", 32, "Held-out clips per level.")
 _EPISODES = flags.DEFINE_integer("episodes", 4, "Held-out episodes the clips come from.")
-_FIRST = flags.DEFINE_integer("first_episode", 100_000, "First held-out episode index.")
+_FIRST = flags.DEFINE_integer("first_episode", synthetic.HELD_OUT_FIRST_EPISODE,
+                              "First held-out episode index.")  # fmt: skip
 _SEED = flags.DEFINE_integer("seed", 0, "Clip positions and sampling noise.")
 _WORK = flags.DEFINE_string("work", "runs/interpolation", "Where the reference is rendered.")
 _OUT = flags.DEFINE_string("out", None, "Result JSON (default benchmarks/results/...).")
@@ -45,7 +47,6 @@ def main(argv: list[str]) -> None:
     import numpy as np
 
     from nuwa_jax import render
-    from nuwa_jax.data import synthetic
     from nuwa_jax.evaluate import interpolation
     from nuwa_jax.hierarchy import HierarchyPlan, bundle
 

@@ -14,9 +14,9 @@ captions they were asked for. For each N and schedule ('dod', 'ar': the same net
 sampler and seeds) one video per episode is generated (seed = episode index) into
 <work>/videos/<schedule>_<N>/ and evaluated with nuwa_jax.evaluate (docs/evaluation.md).
 
-Generation uses `generation.plan_depth='config'`: every model at the stride it was trained
-for, the full-depth plan pruned to N frames (at 16 frames the global MTD still makes
-keyframes 225 frames apart and both local levels fill between the first two). Each
+Generation's plan (nuwa_jax.hierarchy.plan.generation_plan): every model at the stride it
+was trained for, the full-depth plan pruned to N frames (at 16 frames the global MTD still
+makes keyframes 225 frames apart and both local levels fill between the first two). Each
 schedule runs once untimed first, so the timed runs exclude compilation; time = mean wall
 seconds of one video (sampling and VAE decode, mp4 writing included) on this machine.
 
@@ -42,13 +42,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import report  # noqa: E402
 from nuwa_jax import cli, parallel  # noqa: E402
+from nuwa_jax.data import synthetic  # noqa: E402
 
 _CONFIG = cli.define_config_flag("configs/demo.py")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "checkpoints/demo/demo", "Hierarchy bundle.")
 _RANDOM = flags.DEFINE_bool("random_weights", False, "The config's random initialisation.")
 _FRAMES = flags.DEFINE_list("frames", ["16", "256", "1024"], "Video lengths N.")
 _VIDEOS = flags.DEFINE_integer("videos", 4, "Held-out episodes = videos per N and schedule.")
-_FIRST = flags.DEFINE_integer("first_episode", 100_000, "First held-out episode index.")
+_FIRST = flags.DEFINE_integer("first_episode", synthetic.HELD_OUT_FIRST_EPISODE,
+                              "First held-out episode index.")  # fmt: skip
 _SCHEDULES = flags.DEFINE_list("schedules", ["dod", "ar"], "Schedules to compare.")
 _WEIGHTS = flags.DEFINE_string(
     "feature_weights", "", "Synthetic feature networks' .json (empty: no Avg-FID / B-FVD-16)."
@@ -123,7 +125,7 @@ def main(argv: list[str]) -> None:
     import jax
 
     from nuwa_jax import render, storyboard
-    from nuwa_jax.data import schema, synthetic
+    from nuwa_jax.data import schema
     from nuwa_jax.evaluate import features
     from nuwa_jax.evaluate import report as eval_report
     from nuwa_jax.evaluate import videos as eval_videos
@@ -137,8 +139,6 @@ def main(argv: list[str]) -> None:
         raise SystemExit("error: --videos must be >= 1 and every --frames >= 2")
     checkpoint = None if _RANDOM.value else _CHECKPOINT.value
     config = render.generation_config(_CONFIG.value, checkpoint)
-    with config.unlocked():
-        config.generation.plan_depth = "config"
     work = _WORK.value
     episodes = list(range(_FIRST.value, _FIRST.value + _VIDEOS.value))
     ref_root = os.path.join(work, "reference")
@@ -232,7 +232,7 @@ def main(argv: list[str]) -> None:
         held_out_episodes=episodes,
         feature_weights=_WEIGHTS.value,
         features=extractor.describe() if extractor is not None else None,
-        plan_depth=config.generation.plan_depth,
+        plan_depth=config.hierarchy.depth,  # every DoD row: all levels, training strides
         sampler=dict(
             name=config.diffusion.sampler,
             steps=config.diffusion.num_sampling_steps,

@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import report  # noqa: E402
 from nuwa_jax import cli, parallel  # noqa: E402
+from nuwa_jax.data import synthetic  # noqa: E402
 
 _CONFIG = cli.define_config_flag("configs/demo.py")
 _VAE_WORKDIR = flags.DEFINE_string("vae_workdir", None, "Trainer run of the T-KLVAE.")
@@ -37,7 +38,8 @@ _VAE_BUNDLE = flags.DEFINE_string("vae_bundle", None, "Hierarchy bundle whose VA
 _RANDOM = flags.DEFINE_bool("random_weights", False, "The config's random initialisation.")
 _CLIPS = flags.DEFINE_integer("clips", 16, "Held-out clips (those with characters on screen).")
 _EPISODES = flags.DEFINE_integer("episodes", 2, "Held-out episodes the clips come from.")
-_FIRST = flags.DEFINE_integer("first_episode", 100_000, "First held-out episode index.")
+_FIRST = flags.DEFINE_integer("first_episode", synthetic.HELD_OUT_FIRST_EPISODE,
+                              "First held-out episode index.")  # fmt: skip
 _FRAMES = flags.DEFINE_integer("episode_frames", 1024, "Frames simulated per episode.")
 _SEED = flags.DEFINE_integer("seed", 0, "Clip positions.")
 _OUT = flags.DEFINE_string("out", None, "Result JSON (default benchmarks/results/...).")
@@ -47,16 +49,12 @@ def frames_images(state: Any, frames: Any) -> Any:
     """(T, H, W, 3) uint8 frames of an episode's state, rendered in memory."""
     import numpy as np
 
-    from nuwa_jax.data import synthetic
-
     return np.stack([synthetic.render_frame(state, int(t)) for t in frames])
 
 
 def scenery_images(state: Any, frames: Any) -> Any:
     """The same frames without characters: each frame's shot scenery."""
     import numpy as np
-
-    from nuwa_jax.data import synthetic
 
     res = state.resolution
     return np.stack([
@@ -100,7 +98,7 @@ def main(argv: list[str]) -> None:
     import numpy as np
 
     from nuwa_jax import video_io
-    from nuwa_jax.data import latents, synthetic
+    from nuwa_jax.data import latents
 
     given = [bool(_VAE_WORKDIR.value), bool(_VAE_BUNDLE.value), _RANDOM.value]
     if sum(given) != 1:

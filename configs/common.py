@@ -95,15 +95,16 @@ def hierarchy_config(preset: str) -> ml_collections.ConfigDict:
 
 
 def generation_config(preset: str) -> ml_collections.ConfigDict:
-    """Generation (nuwa_jax.hierarchy.generator, nuwa_jax.generate)."""
+    """Generation (nuwa_jax.hierarchy.generator, nuwa_jax.generate).
+
+    The DoD plan has no switch: every video, however short, runs all hierarchy.depth
+    levels pruned to num_frames, each model at the stride it was trained for
+    (nuwa_jax.hierarchy.plan.generation_plan, docs/generation.md).
+    """
     return ml_collections.ConfigDict(
         dict(
             num_frames=ml_collections.config_dict.placeholder(int),  # None: N(depth)
             schedule="dod",  # 'dod' (Diffusion over Diffusion) | 'ar' (the FDM* baseline)
-            # 'smallest': the shallowest plan that covers num_frames (global model on top,
-            # then the local models of the finest strides); 'config': hierarchy.depth levels
-            # always, the plan pruned to num_frames (every model at its training stride).
-            plan_depth="smallest",
             # Segments one device takes per model call: a level's segments run in chunks of
             # max_segments_per_device x (data x fsdp devices), which bounds memory.
             max_segments_per_device=1,
@@ -256,12 +257,16 @@ def data_config(preset: str) -> ml_collections.ConfigDict:
             frames_per_shard=1024,  # consecutive frames of one episode per shard file
             index_every=16,  # metadata.json keeps the byte offset of every n-th record
             skip_bad=False,  # skip and count bad records instead of raising
-            # Synthetic benchmark (nuwa_jax.data.synthetic).
+            # Synthetic benchmark (nuwa_jax.data.synthetic): training renders episodes
+            # [0, synthetic_episodes); held-out ones start at synthetic.HELD_OUT_FIRST_EPISODE.
             synthetic_seed=0,
-            synthetic_episodes={"tiny": 2}.get(preset, 8),
+            synthetic_episodes={"tiny": 2, "demo": 16}.get(preset, 8),
             synthetic_eval_episodes={"tiny": 1}.get(preset, 2),
-            # (L-1)^m + 1 frames: a full 3-level hierarchy at L=16 needs 3376.
-            synthetic_frames={"tiny": 226}.get(preset, 3376),
+            # Frames per episode. A global window spans N(m) = (L-1)^m + 1 frames (3376 at
+            # L=16, m=3); an episode of F frames holds F - N(m) + 1 of them, so episodes of
+            # exactly N(m) give one global window each. demo: 2 N(m), 3377 global windows
+            # per episode (docs/data.md, `python -m nuwa_jax.data.pipeline`).
+            synthetic_frames={"tiny": 226, "demo": 6752}.get(preset, 3376),
             # --- grain pipeline fields (nuwa_jax/data/pipeline.py) below this line ---
             batch_size={"tiny": 8, "demo": 8}.get(preset, 64),  # global, all hosts
             # Hierarchy levels whose training windows are mixed into the stream

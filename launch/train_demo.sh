@@ -6,8 +6,9 @@
 # Stages, each a resumable trainer run in RUN_DIR (orbax checkpoints every
 # train.checkpoint_every steps): rerunning the script after a kill, a preemption or the
 # end of a session resumes the unfinished stage and skips finished ones.
-#   1. data      the synthetic benchmark, rendered once (by the first trainer run)
-#   2. vae       the T-KLVAE (L1 + KL)
+#   1. data      the synthetic benchmark (16 episodes of 6752 frames: 54,032 distinct global
+#                windows, docs/data.md), rendered once (by the first trainer run)
+#   2. vae       the T-KLVAE (L1 + KL), on the local levels' windows (strides 15 and 1)
 #   3. latents   the VAE's posterior moments of every training frame (a latent store)
 #   4. global    the global MTD (level 0) on the latent store
 #   5. local     the one local MTD shared by levels 1 and 2 (level embedding), on both
@@ -66,7 +67,10 @@ main() {
 
   VAE="--vae_workdir=$RUN/vae"  # the VAE the latents and the export take
   INIT=""
-  VAE_RUN=(--config.train.model=vae --config.data.batch_size="$VAE_BATCH" --config.train.sample_every=500)
+  # The VAE trains on the local levels' windows, as it did when episodes held one global
+  # window each: its clips are decoded at stride 1 (docs/data.md).
+  VAE_RUN=(--config.train.model=vae --config.data.batch_size="$VAE_BATCH" --config.train.sample_every=500
+    --config.data.levels=1,2)
   if [ -f "$BUNDLE.json" ] && { ! has_checkpoint "$RUN/vae" || [ -f "$RUN/vae/init_from.json" ]; }; then
     INIT="--config.train.init_from=$BUNDLE.json"  # only read by a workdir with no checkpoint
     before=$($PYTHON -m nuwa_jax.train.progress steps_before "$RUN/vae" vae "$BUNDLE.json")

@@ -36,11 +36,11 @@ def test_ar_producers_follow_the_generator_chain():
 
 
 def test_plan_rule_matches_generation_config():
-    call, level = coherence.producers("dod", 16, 16, 3)  # smallest: one global call
-    assert set(call.tolist()) == {0} and not level.any()
-    call, level = coherence.producers("dod", 16, 16, 3, plan_depth="config")
-    assert level.max() == 2  # three levels even for 16 frames
-    with pytest.raises(ValueError, match="depth-3 hierarchy at L=16, the config has depth 2"):
+    # 16 frames of an L=16, depth-3 hierarchy: all three levels, as generation runs them.
+    call, level = coherence.producers("dod", 16, 16, 3)
+    assert level.tolist() == [0] + [2] * 14 + [1]  # keyframe 0, level-1 frame 15, the rest
+    assert call.tolist() == [0] + [2] * 14 + [1]  # one segment per level
+    with pytest.raises(ValueError, match="depth-3 hierarchy at L=16, but hierarchy.depth=2"):
         coherence.producers("dod", 300, 16, 2)
     with pytest.raises(ValueError, match="schedule must be one of"):
         coherence.producers("bogus", 16, 16, 3)

@@ -12,7 +12,7 @@ import pytest
 
 from configs import common
 from nuwa_jax import parallel
-from nuwa_jax.hierarchy.generator import Generator
+from nuwa_jax.hierarchy.generator import Generator, frame_prompts
 from nuwa_jax.hierarchy.models import HierarchyModels
 from nuwa_jax.models.text import make_tokenizer
 
@@ -120,18 +120,35 @@ def test_cli_refuses_bad_storyboard_and_missing_weights(tmp_path):
 
 
 @pytest.mark.slow
-def test_smallest_plan_and_the_model_of_each_level(eight_device_run):
+def test_short_videos_run_every_model_at_its_training_stride(eight_device_run):
     gen, _, _ = eight_device_run  # tiny: L = 4, hierarchy.depth = 2 (up to 10 frames)
-    short = gen.plan(4)
-    assert short.depth == 1 and gen.model_level(short, 0) == 0
-    video = gen.generate(PROMPTS[:4], seed=3, progress=False)  # 4 frames: the global level only
-    assert [t.level for t in video.timings] == ["global"] and video.timings[0].calls == 1
-    full = gen.plan(9)
-    assert full.depth == 2 and [gen.model_level(full, j) for j in full.levels] == [0, 1]
-    with pytest.raises(ValueError, match="11 frames need a depth-3 hierarchy"):
-        gen.plan(11)
-    gen.config.generation.plan_depth = "config"
-    try:
-        assert gen.plan(4).depth == 2  # every model at its training stride, pruned to 4 frames
+    seen = []  # the texts of every model call, in order
+    tokenizer = gen.tokenizer
+    gen.tokenizer = lambda texts: (seen.append(list(texts)), tokenizer(texts))[1]
+    try:  # 3 frames <= L: still the global model at stride 3, then the local one at 1
+        video = gen.generate(["at the start", "in the middle", "at the end"], seed=3,
+                             progress=False)  # fmt: skip
     finally:
-        gen.config.generation.plan_depth = "smallest"
+        gen.tokenizer = tokenizer
+    plan = video.plan
+    assert plan.depth == 2 and [plan.stride(j) for j in plan.levels] == [3, 1]
+    assert [(t.level, t.segments, t.calls) for t in video.timings] == [
+        ("global", 1, 1), ("local1", 1, 1)]  # fmt: skip
+    assert video.latents.shape[0] == 3 and video.store.done[:3].all()
+    assert video.keyframe_indices.tolist() == [0]  # keyframes 3, 6, 9 are past the video
+    # Frames past the video (keyframes 3, 6, 9; the local segment's end 3) hold the last
+    # prompt. Each call tokenises its chunk of 8 segments (the one real segment first).
+    global_texts, local_texts = seen
+    assert global_texts[:4] == ["at the start"] + ["at the end"] * 3
+    assert local_texts[:4] == ["at the start", "in the middle", "at the end", "at the end"]
+    with pytest.raises(ValueError, match="11 frames need a depth-3 hierarchy at L=4, but "
+                       "hierarchy.depth=2"):  # fmt: skip
+        gen.plan(11)
+
+
+def test_frame_prompts_hold_the_last_prompt_past_the_video():
+    prompts = ["a", "b", "c"]
+    assert frame_prompts(prompts, np.array([[0, 3], [2, 9]])) == ["a", "c", "c", "c"]
+    assert frame_prompts(prompts, np.arange(3)) == prompts
+    with pytest.raises(ValueError, match="no prompts"):
+        frame_prompts([], np.arange(2))

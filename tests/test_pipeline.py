@@ -3,12 +3,14 @@
 import itertools
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from configs import common
-from nuwa_jax.data import pipeline, schema
+from nuwa_jax.data import pipeline, schema, synthetic
 from nuwa_jax.data.writer import DatasetWriter
 from nuwa_jax.hierarchy import HierarchyPlan
 from nuwa_jax.models.text import ByteTokenizer
@@ -16,6 +18,7 @@ from nuwa_jax.models.text import ByteTokenizer
 EPISODE_FRAMES = (40, 33, 25)
 SIZE = 8
 TOKENS = 16
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def frame_image(episode: int, frame: int) -> np.ndarray:
@@ -171,6 +174,64 @@ def test_windows_per_level(data_dir, m, aligned):
             if level == 0:  # the global window spans a whole N(m)-frame clip
                 spans = batch["frame_index"][:, -1] - batch["frame_index"][:, 0] + 1
                 assert (spans == plan.full_frames).all()
+
+
+def test_window_summary_of_a_store(data_dir):
+    """Counts of a store, whole and per host, equal the windows the index holds."""
+    L, m = 3, 3  # spans 9, 5, 3
+    plan = HierarchyPlan.full(L, m)
+    cfg = make_config(L, m, data_dir=data_dir)
+    meta = schema.load_metadata(data_dir)
+    summary = pipeline.window_summary(cfg, process_index=1, process_count=2)
+    index = pipeline.WindowIndex(plan, pipeline.host_runs(meta, 0, 1), plan.levels)
+    assert summary.windows == index.windows_per_level()
+    assert summary.windows == {
+        j: sum(n - plan.window_span(j) + 1 for n in EPISODE_FRAMES) for j in plan.levels
+    }
+    host = pipeline.WindowIndex(plan, pipeline.host_runs(meta, 1, 2), plan.levels)
+    assert summary.host_windows == host.windows_per_level()
+    assert (summary.episodes, summary.frames) == (3, sum(EPISODE_FRAMES))
+    lines = summary.lines()
+    assert lines[0] == f"{data_dir}: 3 episodes, 98 frames" and len(lines) == 4
+    assert lines[1].startswith(f"level 0 (stride 4, span 9 frames): {summary.windows[0]} ")
+    only = pipeline.window_summary(cfg, levels=[2], process_index=0, process_count=1)
+    assert list(only.windows) == [2] and only.host_windows is None
+    cfg.data.source = "frames"
+    with pytest.raises(schema.DataError, match="no metadata.json"):
+        pipeline.window_summary(cfg, data_dir=os.path.join(data_dir, "missing"))
+
+
+def test_demo_data_gives_many_distinct_global_windows():
+    """The demo's synthetic episodes are longer than one global window, so global windows
+    start anywhere (counted from the plan and the config, nothing rendered)."""
+    config = common.base("demo")
+    plan = pipeline.plan_from_config(config)
+    d = config.data
+    summary = pipeline.window_summary(config)  # no data_dir: the config's benchmark
+    assert summary.episodes == d.synthetic_episodes and summary.source.startswith("synthetic")
+    assert d.synthetic_frames >= 2 * plan.full_frames  # two global windows long
+    for j in plan.levels:
+        per_episode = d.synthetic_frames - plan.window_span(j) + 1
+        assert summary.windows[j] == d.synthetic_episodes * per_episode
+    assert summary.windows[0] >= 50_000
+    # The earlier data (episodes of exactly N(m) frames): one global window per episode.
+    config.data.synthetic_frames = plan.full_frames
+    assert pipeline.window_summary(config).windows[0] == d.synthetic_episodes
+    # Held-out evaluation episodes never overlap the training ones.
+    assert d.synthetic_episodes <= synthetic.HELD_OUT_FIRST_EPISODE
+
+
+def test_windows_cli_prints_the_demo_counts():
+    done = subprocess.run(
+        [sys.executable, "-m", "nuwa_jax.data.pipeline", "--config=configs/demo.py",
+         "--levels=0"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    windows = pipeline.window_summary(common.base("demo")).windows[0]
+    assert f"level 0 (stride 225, span 3376 frames): {windows:,} distinct windows" in done.stdout
+    assert "level 1" not in done.stdout
 
 
 def test_mixed_levels_and_epochs(data_dir):

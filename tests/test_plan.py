@@ -5,7 +5,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nuwa_jax.hierarchy import HierarchyPlan, autoregressive_calls, cost_table, full_length
+from configs import common
+from nuwa_jax.data import pipeline
+from nuwa_jax.hierarchy import (
+    HierarchyPlan,
+    autoregressive_calls,
+    cost_table,
+    full_length,
+    generation_plan,
+)
 
 
 def check_plan(plan: HierarchyPlan) -> None:
@@ -99,6 +107,37 @@ def test_strides_unchanged_by_pruning():
         assert full.stride(level) == pruned.stride(level)
         k = pruned.num_segments(level)
         assert np.array_equal(full.segments(level)[:k], pruned.segments(level))
+
+
+@pytest.mark.parametrize("n", [2, 5, 16, 17, 226, 300])
+def test_generation_runs_every_model_at_its_training_stride(n):
+    """The demo (L=16, depth 3): whatever N, each level's model gets segments at exactly
+    the stride of the windows the trainer gave it, the global one included."""
+    config = common.base("demo")
+    trained = pipeline.plan_from_config(config)  # the plan of the training windows
+    h = config.hierarchy
+    plan = generation_plan(n, h.frames_per_call, h.depth)
+    check_plan(plan)
+    assert plan.depth == trained.depth == 3
+    for level in trained.levels:
+        seg = plan.segments(level)
+        assert seg.shape[0] >= 1  # every model runs, even for 2 frames
+        assert (np.diff(seg, axis=1) == trained.stride(level)).all()
+        assert seg[0].tolist() == trained.window(level, 0).tolist()
+    assert plan.segments(0)[0, -1] == 3375  # keyframes 225 apart, past a short video's end
+    assert plan.model_calls() == [1, 1, 1]
+    if n <= 16:  # a 16-frame video: one segment per level, 48 frames made, 16 kept
+        assert plan.segments_per_level() == [1, 1, 1]
+        assert cost_table(n, 16, depth=3)["dod_sequential_calls"] == 3
+
+
+def test_generation_plan_refuses_more_than_the_depth_makes():
+    assert generation_plan(3376, 16, 3) == HierarchyPlan.full(16, 3)
+    with pytest.raises(ValueError, match="3377 frames need a depth-4 hierarchy at L=16, but "
+                       "hierarchy.depth=3"):  # fmt: skip
+        generation_plan(3377, 16, 3)
+    with pytest.raises(ValueError, match="num_frames=1"):
+        generation_plan(1, 16, 3)
 
 
 def test_small_plan_by_hand():

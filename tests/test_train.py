@@ -7,6 +7,7 @@ Tiny models at 16 px, global batch 8. Compiles go through the session's persiste
 
 import glob
 import json
+import logging
 import os
 import shutil
 import signal
@@ -99,6 +100,10 @@ def test_bad_config_is_refused(data_dir):
     cfg.train.level = 5
     with pytest.raises(ValueError, match="train.level=5"):
         trainer_lib.check_config(cfg)
+    cfg = tiny_config(data_dir)
+    cfg.data.synthetic_episodes = 100_001  # would reach the held-out episodes
+    with pytest.raises(ValueError, match="synthetic_episodes=100001 would train on held-out"):
+        trainer_lib.check_config(cfg)
 
 
 @pytest.mark.slow
@@ -142,15 +147,22 @@ def test_sigterm_saves_and_exits_zero_then_resumes(data_dir, cache_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_local_level_mtd_with_frozen_text(data_dir, cache_dir, tmp_path):
+def test_local_level_mtd_with_frozen_text(data_dir, cache_dir, tmp_path, caplog):
     """Level 1 windows: the given first/last frames are left out of the loss; a frozen
-    text encoder is not among the trained params."""
+    text encoder is not among the trained params. The run logs its distinct windows, and
+    that its store is not the benchmark the config would render."""
     cfg = tiny_config(data_dir, "mtd")
     cfg.mtd.block_out_channels = (16, 32)
     cfg.train.level = 1
     cfg.text.trainable = False
-    state = train(cfg, tmp_path, max_steps=2)
+    with caplog.at_level(logging.INFO):
+        state = train(cfg, tmp_path, max_steps=2)
     assert set(state.params) == {"mtd"}
+    windows = [r.getMessage() for r in caplog.records if "training windows" in r.getMessage()]
+    # 2 episodes of 40 frames, level 1 windows span 4 frames: 37 starts each; level 0 untrained.
+    assert windows[1:] == ["training windows: level 1 (stride 1, span 4 frames): 74 distinct "
+                           "windows, 37 per episode"]  # fmt: skip
+    assert any("synthetic_frames: store 40, config 226" in r.getMessage() for r in caplog.records)
     with open(os.path.join(tmp_path, trainer_lib.METRICS_FILE)) as f:
         records = [json.loads(line) for line in f]
     L = cfg.hierarchy.frames_per_call

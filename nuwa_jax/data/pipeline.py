@@ -190,10 +190,111 @@ class WindowIndex(Sequence[tuple[int, int, int]]):
         return level, r, starts[i - (self._ends[b - 1] if b else 0)]
 
     def windows_per_level(self) -> dict[int, int]:
+        """Distinct windows (start frames) of each level in this index."""
         out = dict.fromkeys(self.levels, 0)
         for level, _, starts in self._blocks:
             out[level] += len(starts)
         return out
+
+
+def count_windows(
+    plan: HierarchyPlan, runs: Sequence[Run], levels: Sequence[int], aligned: bool = False
+) -> dict[int, int]:
+    """Distinct training windows (start frames) of each of `levels` inside `runs`: one
+    epoch of the stream. 0 where none fits (`WindowIndex` refuses such a level)."""
+    return {
+        int(j): sum(
+            len(plan.window_start_range(j, r.stop_frame, aligned, r.first_frame)) for r in runs
+        )  # fmt: skip
+        for j in levels
+    }
+
+
+def synthetic_runs(config: Any) -> list[Run]:
+    """One run per episode of the synthetic benchmark that `config.data` renders
+    (synthetic_episodes x synthetic_frames): its windows, counted without rendering."""
+    from nuwa_jax.data import synthetic
+
+    d = config.data
+    return [Run(e, synthetic.episode_id(e), 0, int(d.synthetic_frames), ())
+            for e in range(int(d.synthetic_episodes))]  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowSummary:
+    """Distinct training windows per level of a data set: how many different examples a
+    level's model can see (e.g. one global window per episode when episodes are exactly
+    N(m) frames long)."""
+
+    source: str  # what was counted: a store's path, or the config's synthetic benchmark
+    plan: HierarchyPlan
+    episodes: int
+    frames: int
+    windows: dict[int, int]  # level -> distinct windows in the whole data set
+    host_windows: dict[int, int] | None = None  # this host's (several hosts only)
+
+    def lines(self) -> list[str]:
+        """One line per level, for logs and the CLI."""
+        total = sum(self.windows.values())
+        out = [f"{self.source}: {self.episodes} episodes, {self.frames} frames"]
+        for j, n in self.windows.items():
+            line = (
+                f"level {j} (stride {self.plan.stride(j)}, span {self.plan.window_span(j)} "
+                f"frames): {n:,} distinct windows, {n / max(self.episodes, 1):,.0f} per episode"
+            )
+            if len(self.windows) > 1:
+                line += f", {n / max(total, 1):.1%} of the stream"
+            if self.host_windows is not None:
+                line += f" (this host: {self.host_windows[j]:,})"
+            out.append(line)
+        return out
+
+
+def window_summary(
+    config: Any,
+    *,
+    plan: HierarchyPlan | None = None,
+    levels: Sequence[int] | None = None,
+    data_dir: str | os.PathLike | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> WindowSummary:
+    """The distinct training windows of every level `make_dataset` would mix.
+
+    Counts the frame store `data_dir` (default: data.latents_dir, else data.data_dir) when
+    it holds a metadata.json; otherwise, for data.source='synthetic', the benchmark the
+    config would render (nothing is rendered). plan, levels: as `make_dataset`.
+    With several processes, `host_windows` counts this process's runs too.
+    """
+    plan = plan_from_config(config) if plan is None else plan
+    levels = resolve_levels(config, plan, levels)
+    aligned = bool(config.data.align_windows)
+    if data_dir is None:
+        data_dir = config.data.latents_dir or config.data.data_dir
+    root = os.fspath(data_dir) if data_dir else ""
+    if root and os.path.isfile(os.path.join(root, schema.METADATA_FILE)):
+        meta = schema.load_metadata(root)
+        runs = host_runs(meta, 0, 1)
+        pid, count = _process(process_index, process_count)
+        host = None
+        if count > 1:
+            host = count_windows(plan, host_runs(meta, pid, count), levels, aligned)
+        frames = sum(ep.num_frames for ep in meta.episodes)
+        return WindowSummary(root, plan, len(meta.episodes), frames,
+                             count_windows(plan, runs, levels, aligned), host)  # fmt: skip
+    if config.data.source != "synthetic":
+        raise schema.DataError(
+            f"{root or 'data.data_dir'}: no metadata.json, and data.source="
+            f"{config.data.source!r} renders nothing to count; give a frame store"
+        )
+    runs = synthetic_runs(config)
+    d = config.data
+    source = (
+        f"synthetic benchmark of the config ({d.synthetic_episodes} episodes x "
+        f"{d.synthetic_frames} frames, not rendered)"
+    )
+    return WindowSummary(source, plan, len(runs), sum(r.num_frames for r in runs),
+                         count_windows(plan, runs, levels, aligned))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------
@@ -394,6 +495,17 @@ def plan_from_config(config: Any) -> HierarchyPlan:
     return HierarchyPlan.full(config.hierarchy.frames_per_call, config.hierarchy.depth)
 
 
+def resolve_levels(
+    config: Any, plan: HierarchyPlan, levels: Sequence[int] | None = None
+) -> tuple[int, ...]:
+    """`levels`, else data.levels, else every level of `plan`; each one validated."""
+    if levels is None:
+        levels = tuple(config.data.levels) or tuple(plan.levels)
+    for level in levels:
+        plan.stride(level)  # validates, naming the level
+    return tuple(int(j) for j in levels)
+
+
 def make_dataset(
     config: Any,
     tokenizer: Tokenizer,
@@ -426,10 +538,7 @@ def make_dataset(
     """
     data = config.data
     plan = plan_from_config(config) if plan is None else plan
-    if levels is None:
-        levels = tuple(data.levels) or tuple(plan.levels)
-    for level in levels:
-        plan.stride(level)  # validates, naming the level
+    levels = resolve_levels(config, plan, levels)
     latents = bool(data.latents_dir)
     if data_dir is None:
         data_dir = data.latents_dir if latents else data.data_dir
@@ -501,3 +610,51 @@ def global_batches(
 
     for batch in batches:
         yield parallel.global_batch(dict(batch), mesh, rules, leading="batch")
+
+
+# ---------------------------------------------------------------------------------------
+# CLI: distinct training windows per level.
+# ---------------------------------------------------------------------------------------
+def _define_flags() -> dict[str, Any]:
+    from absl import flags
+
+    from nuwa_jax import cli
+
+    return dict(
+        config=cli.define_config_flag(),
+        data_dir=flags.DEFINE_string(
+            "data_dir",
+            None,
+            "Frame or latent store to count (default: data.latents_dir, else data.data_dir; "
+            "neither: the synthetic benchmark the config would render).",
+        ),
+        levels=flags.DEFINE_list("levels", None, "Levels to count (default: data.levels, or all)."),
+    )
+
+
+def main(argv: list[str], flag_values: dict[str, Any]) -> None:
+    """Prints the distinct training windows of every level (`window_summary`)."""
+    del argv
+    config = flag_values["config"].value
+    levels = flag_values["levels"].value
+    try:
+        summary = window_summary(
+            config,
+            levels=None if levels is None else [int(j) for j in levels],
+            data_dir=flag_values["data_dir"].value,
+            process_index=0,
+            process_count=1,
+        )
+    except (schema.DataError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    h = config.hierarchy
+    print(f"config {config.preset}: L={h.frames_per_call}, depth={h.depth}, "
+          f"align_windows={config.data.align_windows}")  # fmt: skip
+    print("\n".join(summary.lines()))
+
+
+if __name__ == "__main__":
+    from nuwa_jax import cli
+
+    _FLAGS = _define_flags()
+    cli.run(lambda argv: main(argv, _FLAGS))

@@ -39,6 +39,11 @@ import numpy as np
 from nuwa_jax.data import schema
 from nuwa_jax.data.writer import DatasetWriter
 
+# Training renders episodes [0, data.synthetic_episodes); the held-out sets of evaluation
+# (benchmarks/table1.py, interpolation.py, vae_detail.py: --first_episode) start here, so
+# the two never share an episode (the trainer refuses synthetic_episodes beyond it).
+HELD_OUT_FIRST_EPISODE = 100_000
+
 # ---------------------------------------------------------------------------------------
 # The renderer's rules, as data.
 # ---------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ store (each episode a video, its captions used) or a directory of .png frames.
 checks. --features: 'synthetic' (the trained offline network, --feature_weights = its
 .json), 'standard' (InceptionV3 + I3D, --feature_weights = a directory with the converted
 safetensors; docs/evaluation.md), or 'none' (no FID / FVD). The hierarchy geometry
-(frames_per_call, depth, plan_depth, ar_context_frames) comes from --config; the schedule
+(frames_per_call, depth, ar_context_frames) comes from --config; the schedule
 from each mp4's <stem>_timings.json (written by nuwa_jax.generate), else --schedule.
 The report JSON is written to a temporary name and renamed. Bad inputs exit with status 2
 and an error naming the file or value.

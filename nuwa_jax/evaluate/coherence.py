@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from nuwa_jax.hierarchy.plan import HierarchyPlan
+from nuwa_jax.hierarchy.plan import HierarchyPlan, generation_plan
 
 SCHEDULES = ("dod", "ar")
 
@@ -68,28 +68,15 @@ def producers(
     num_frames: int,
     frames_per_call: int,
     depth: int,
-    plan_depth: str = "smallest",
     ar_context: int = 1,
 ):
-    """(call id, level) per frame for a schedule, with generation's plan rule: 'smallest'
-    takes the shallowest plan covering the frames, 'config' always `depth` levels
-    (nuwa_jax.hierarchy.generator.Generator.plan)."""
+    """(call id, level) per frame for a schedule, with generation's plan: all `depth`
+    levels pruned to the frames (nuwa_jax.hierarchy.plan.generation_plan)."""
     if schedule == "ar":
         return ar_producers(num_frames, frames_per_call, ar_context)
     if schedule != "dod":
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    if plan_depth == "config":
-        plan = HierarchyPlan(frames_per_call, depth, num_frames)
-    elif plan_depth == "smallest":
-        plan = HierarchyPlan.for_frames(num_frames, frames_per_call)
-        if plan.depth > depth:
-            raise ValueError(
-                f"{num_frames} frames need a depth-{plan.depth} hierarchy at L={frames_per_call}, "
-                f"the config has depth {depth}"
-            )
-    else:
-        raise ValueError(f"plan_depth must be 'smallest' or 'config', got {plan_depth!r}")
-    return dod_producers(plan)
+    return dod_producers(generation_plan(num_frames, frames_per_call, depth))
 
 
 class TransitionMeter:

@@ -44,7 +44,6 @@ class EvalOptions:
     schedule: str = "dod"  # used when a video does not say (its _timings.json)
     frames_per_call: int = 16
     depth: int = 3
-    plan_depth: str = "smallest"
     ar_context: int = 1
     detector: adherence.DetectorConfig = dataclasses.field(default_factory=adherence.DetectorConfig)
 
@@ -56,7 +55,6 @@ class EvalOptions:
             schedule=ev.schedule,
             frames_per_call=config.hierarchy.frames_per_call,
             depth=config.hierarchy.depth,
-            plan_depth=config.generation.plan_depth,
             ar_context=config.generation.ar_context_frames,
             detector=adherence.DetectorConfig(
                 colour_tolerance=ev.colour_tolerance, iou_threshold=ev.iou_threshold
@@ -236,9 +234,7 @@ def evaluate(
     if len(schedules) > 1:
         raise ValueError(f"the videos were generated with different schedules {sorted(schedules)}")
     schedule = schedules.pop()
-    calls = coherence.producers(
-        schedule, n, opts.frames_per_call, opts.depth, opts.plan_depth, opts.ar_context
-    )
+    calls = coherence.producers(schedule, n, opts.frames_per_call, opts.depth, opts.ar_context)
 
     report: dict[str, Any] = dict(
         generated=dict(

@@ -5,6 +5,7 @@ from nuwa_jax.hierarchy.plan import (
     autoregressive_calls,
     cost_table,
     full_length,
+    generation_plan,
 )
 
-__all__ = ["HierarchyPlan", "autoregressive_calls", "cost_table", "full_length"]
+__all__ = ["HierarchyPlan", "autoregressive_calls", "cost_table", "full_length", "generation_plan"]

@@ -1,12 +1,17 @@
 """Coarse-to-fine generation: Diffusion over Diffusion, and the autoregressive baseline.
 
-DoD (NUWA-XL): the global MTD makes L keyframes spanning the whole video from their L
+DoD (NUWA-XL): the global MTD makes L keyframes spanning N(depth) frames from their L
 prompts; then every local level fills, for every pair of adjacent frames of the level
-above, the L-2 frames between them. All segments of a level are independent: they are
-the batch of ONE jitted call, their axis sharded over the mesh's `data` (and `fsdp`)
-axes, so a pod fills a whole level at once. A level with more segments than
-`max_segments_per_device` x (data x fsdp devices) runs in chunks of that size (padded),
-which bounds memory; every chunk has the same shape, so each model compiles once.
+above, the L-2 frames between them. The plan always has all hierarchy.depth levels,
+pruned to the video's N frames (`plan.generation_plan`): every model runs at the stride
+it was trained for, however short the video (16 frames of the L=16, depth-3 demo: three
+calls, one segment each). Frames the plan makes beyond N condition frames < N and are
+discarded; their prompt is the last one (`frame_prompts`). All segments of a level are
+independent: they are the batch of ONE jitted call, their axis sharded over the mesh's
+`data` (and `fsdp`) axes, so a pod fills a whole level at once. A level with more
+segments than `max_segments_per_device` x (data x fsdp devices) runs in chunks of that
+size (padded), which bounds memory; every chunk has the same shape, so each model
+compiles once.
 
 AR (the paper's FDM* baseline, "AR over diffusion"): the same finest-level MTD makes
 segments of L consecutive frames one after another, each conditioned on the last
@@ -29,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -44,7 +49,7 @@ from nuwa_jax.diffusion import samplers
 from nuwa_jax.diffusion.parameterization import check_given_frames
 from nuwa_jax.hierarchy.models import HierarchyModels, check_mardini
 from nuwa_jax.hierarchy.models import local_backbone as _local_backbone
-from nuwa_jax.hierarchy.plan import HierarchyPlan
+from nuwa_jax.hierarchy.plan import HierarchyPlan, generation_plan
 
 SCHEDULES = ("dod", "ar")
 AR_LEVEL = 1_000  # key-folding id of the autoregressive baseline's segments
@@ -152,6 +157,24 @@ def sample_mardini_level(
         cond=mardini.plan(cond_latents, kept), uncond=mardini.null_signal[...], known=known,
         replace_known=True,
     )  # fmt: skip
+
+
+def frame_prompts(prompts: Sequence[str], frames: np.ndarray) -> list[str]:
+    """The prompt of every frame index in `frames`: frame f < N takes prompts[f]; a frame
+    at or beyond N = len(prompts) takes the last prompt.
+
+    Frames >= N exist where the plan's segments run past the video's end (the global
+    keyframes of a video shorter than N(depth), the tail of a level's last segment): they
+    are generated only to be the far end that conditions frames < N, and are discarded.
+    The storyboard says nothing about them, so they hold its last moment (the video's
+    scene at frame N-1 continues), which keeps the frames < N they condition consistent
+    with the prompts those frames were asked for. The AR baseline's last segment runs
+    past N the same way.
+    """
+    if not prompts:
+        raise ValueError("frame_prompts: no prompts (a video needs one per frame)")
+    last = len(prompts) - 1
+    return [prompts[min(int(f), last)] for f in np.asarray(frames).reshape(-1)]
 
 
 class LatentStore:
@@ -341,8 +364,7 @@ class Generator:
         ids = np.concatenate([segs.segment_ids, np.repeat(segs.segment_ids[-1:], pad)])
         tokens = None
         if segs.backbone == "mtd":
-            last = len(prompts) - 1
-            texts = [prompts[min(int(f), last)] for f in frames.reshape(-1)]
+            texts = frame_prompts(prompts, frames.reshape(-1))
             tokens = np.asarray(self.tokenizer(texts)).reshape(chunk, frames.shape[1], -1)
             tokens = self._global(tokens.astype(np.int32))
         cond = store.gather(frames, mask)
@@ -440,25 +462,10 @@ class Generator:
     # Schedules.
     # -----------------------------------------------------------------------------------
     def plan(self, num_frames: int) -> HierarchyPlan:
-        """The plan for `num_frames` frames (see `generation.plan_depth`)."""
-        h, rule = self.config.hierarchy, self.config.generation.plan_depth
-        if rule == "config":
-            return HierarchyPlan(h.frames_per_call, h.depth, num_frames)
-        if rule != "smallest":
-            raise ValueError(f"generation.plan_depth: unknown {rule!r}; use 'smallest' or 'config'")
-        plan = HierarchyPlan.for_frames(num_frames, h.frames_per_call)
-        if plan.depth > h.depth:
-            raise ValueError(
-                f"{num_frames} frames need a depth-{plan.depth} hierarchy at L="
-                f"{h.frames_per_call}, but hierarchy.depth={h.depth} (at most "
-                f"{(h.frames_per_call - 1) ** h.depth + 1} frames)"
-            )
-        return plan
-
-    def model_level(self, plan: HierarchyPlan, level: int) -> int:
-        """Which MTD runs `level` of `plan`: the global one on top; below it the local MTD
-        trained for that level's stride (a shallow plan uses the finest local levels)."""
-        return 0 if level == 0 else level + self.config.hierarchy.depth - plan.depth
+        """The plan for `num_frames` frames: every level of hierarchy.depth, pruned to N, so
+        every model runs at the stride it was trained for (`plan.generation_plan`)."""
+        h = self.config.hierarchy
+        return generation_plan(num_frames, h.frames_per_call, h.depth)
 
     def generate(
         self,
@@ -500,11 +507,10 @@ class Generator:
         for j in plan.levels:
             frames = plan.segments(j)
             cond = np.broadcast_to(plan.condition_mask(j), frames.shape)
-            model = self.model_level(plan, j)
             backbone = "mtd" if j == 0 else self.local_backbone
-            batches = self._chunks(frames, cond, j, model, backbone)
+            batches = self._chunks(frames, cond, j, j, backbone)  # level j's own MTD
             keep = lambda s: ~s.cond_mask  # noqa: E731  (conditions are already final)
-            name = "global" if j == 0 else f"local{model}"
+            name = "global" if j == 0 else f"local{j}"
             flush = lambda segs: stream.flush(store)  # noqa: E731
             timings.append(
                 self._run_level(name, batches, prompts, store, seed, keep, progress, flush)

@@ -9,12 +9,19 @@ full video has N(m) = (L-1)^m + 1 frames. Level j has stride s_j = (L-1)^(m-1-j)
   (conditions), the L-2 middle ones are generated. The segments of one level are
   independent, so they are the batch of one model call.
 
-Arbitrary N >= 2: the plan is the N(m)-frame plan at the depth chosen (the smallest
-sufficient one from `HierarchyPlan.for_frames`), strides unchanged (so every level's
-model sees at inference exactly the frame spacing it was trained on), pruned to the
-segments whose left endpoint is < N-1. Frames >= N that a kept segment still produces
-(the tail of the global level, or of the last segment of a level) are generated, may
-serve as conditions of the next level, and are discarded from the video.
+Arbitrary N >= 2 at depth m (N <= N(m)): the N(m)-frame plan with its strides
+unchanged, pruned to the segments whose left endpoint is < N-1. Frames >= N that a kept
+segment still produces (the tail of the global level, or of the last segment of a level)
+are generated, may serve as conditions of the next level, and are discarded from the
+video.
+
+Generation's rule (`generation_plan`): a trained hierarchy always runs at its own depth
+(hierarchy.depth), however short the video, so every level's model sees at inference
+exactly the frame spacing it was trained on. A 16-frame video of the L=16, depth-3 demo
+is three calls (global keyframes 225 apart, level 1 at stride 15, level 2 at stride 1),
+not the global model alone at stride 1, which it never trained for. `for_frames` (the
+smallest depth that covers N) sizes a hierarchy one would train for N frames; it is not
+how a trained one runs.
 
 The same plan object drives training (`window`, `window_starts`: the frames one
 training example of a level sees) and generation (`segments`, `condition_mask`,
@@ -33,6 +40,14 @@ import numpy as np
 def full_length(frames_per_call: int, depth: int) -> int:
     """N(m) = (L-1)^m + 1: the frames of a complete depth-m hierarchy."""
     return (frames_per_call - 1) ** depth + 1
+
+
+def _depth_for(num_frames: int, frames_per_call: int) -> int:
+    """The smallest depth m with N(m) >= num_frames."""
+    m = 1
+    while full_length(frames_per_call, m) < num_frames:
+        m += 1
+    return m
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -64,8 +79,8 @@ class HierarchyPlan:
         if n > full_length(L, m):
             raise ValueError(
                 f"HierarchyPlan: num_frames={n} exceeds N(m)=(L-1)^m+1={full_length(L, m)} "
-                f"for frames_per_call={L}, depth={m}; use HierarchyPlan.for_frames({n}, {L}) "
-                "to choose the depth"
+                f"for frames_per_call={L}, depth={m}; {n} frames need depth >= "
+                f"{_depth_for(n, L)}"
             )
         # Normalise numpy integers so equality and hashing behave.
         object.__setattr__(self, "frames_per_call", L)
@@ -75,13 +90,12 @@ class HierarchyPlan:
     # -- construction ------------------------------------------------------------------
     @classmethod
     def for_frames(cls, num_frames: int, frames_per_call: int) -> HierarchyPlan:
-        """The plan at the smallest depth m with N(m) >= `num_frames`."""
+        """The plan at the smallest depth m with N(m) >= `num_frames`: the hierarchy one
+        would train for that length. A trained hierarchy generates at its own depth
+        (`generation_plan`)."""
         L = _check_int("frames_per_call", frames_per_call, 3)
         n = _check_int("num_frames", num_frames, 2)
-        m = 1
-        while full_length(L, m) < n:
-            m += 1
-        return cls(L, m, n)
+        return cls(L, _depth_for(n, L), n)
 
     @classmethod
     def full(cls, frames_per_call: int, depth: int) -> HierarchyPlan:
@@ -225,6 +239,25 @@ class HierarchyPlan:
         return [self.num_segments(level) for level in self.levels]
 
 
+def generation_plan(num_frames: int, frames_per_call: int, depth: int) -> HierarchyPlan:
+    """The plan a trained depth-`depth` hierarchy generates `num_frames` frames with.
+
+    Always all `depth` levels, pruned to N, so level j runs at stride (L-1)^(depth-1-j),
+    the stride its model was trained on, short videos included (a 16-frame video at L=16,
+    depth 3: three calls of one segment each). More than N(depth) frames is a ValueError
+    naming `hierarchy.depth` and the depth those frames would need.
+    """
+    L = _check_int("frames_per_call", frames_per_call, 3)
+    m = _check_int("depth", depth, 1)
+    n = _check_int("num_frames", num_frames, 2)
+    if n > full_length(L, m):
+        raise ValueError(
+            f"{n} frames need a depth-{_depth_for(n, L)} hierarchy at L={L}, but "
+            f"hierarchy.depth={m} (at most {full_length(L, m)} frames)"
+        )
+    return HierarchyPlan(L, m, n)
+
+
 def autoregressive_calls(num_frames: int, frames_per_call: int, context_frames: int = 1) -> int:
     """Sequential model calls of the autoregressive baseline for `num_frames` frames.
 
@@ -242,9 +275,18 @@ def autoregressive_calls(num_frames: int, frames_per_call: int, context_frames: 
     return 1 + math.ceil((n - L) / (L - c))
 
 
-def cost_table(num_frames: int, frames_per_call: int, context_frames: int = 1) -> dict:
-    """Model calls of Diffusion over Diffusion vs the autoregressive baseline (docs)."""
-    plan = HierarchyPlan.for_frames(num_frames, frames_per_call)
+def cost_table(
+    num_frames: int, frames_per_call: int, context_frames: int = 1, depth: int | None = None
+) -> dict:
+    """Model calls of Diffusion over Diffusion vs the autoregressive baseline (docs).
+
+    `depth`: the trained hierarchy's (`generation_plan`); None: the smallest that covers
+    `num_frames` (`HierarchyPlan.for_frames`, a hierarchy sized for that length).
+    """
+    if depth is None:
+        plan = HierarchyPlan.for_frames(num_frames, frames_per_call)
+    else:
+        plan = generation_plan(num_frames, frames_per_call, depth)
     return dict(
         num_frames=num_frames,
         frames_per_call=frames_per_call,

@@ -95,13 +95,19 @@ def check_config(config: Any) -> None:
         )
     if t.model == "mardini":
         _check_mardini_config(config)
-    d = config.diffusion
-    ztsnr = bool(d.get("zero_terminal_snr", False))
+    dc = config.diffusion
+    ztsnr = bool(dc.get("zero_terminal_snr", False))
     if t.model == "mtd":
-        diffusion.check_given_frames(d.given_frames)
-        diffusion.check_prediction_schedule(d.prediction, ztsnr, "diffusion.prediction")
+        diffusion.check_given_frames(dc.given_frames)
+        diffusion.check_prediction_schedule(dc.prediction, ztsnr, "diffusion.prediction")
     if t.model == "mardini":
         diffusion.check_prediction_schedule(config.mardini.prediction, ztsnr, "mardini.prediction")
+    d = config.data
+    if d.source == "synthetic" and d.synthetic_episodes > synthetic.HELD_OUT_FIRST_EPISODE:
+        raise ValueError(
+            f"data.synthetic_episodes={d.synthetic_episodes} would train on held-out episodes "
+            f"(evaluation's start at {synthetic.HELD_OUT_FIRST_EPISODE})"
+        )
     if t.hard_pixel_weight < 0 or not 0 < t.hard_pixel_fraction <= 1:
         raise ValueError(
             f"train.hard_pixel_weight={t.hard_pixel_weight} must be >= 0 and "
@@ -162,6 +168,39 @@ def ensure_data(config: Any) -> None:
             multihost_utils.sync_global_devices("nuwa_jax.train.ensure_data")
     if not os.path.exists(metadata):
         raise schema.DataError(f"{d.data_dir}: no metadata.json (data.source={d.source!r})")
+    if d.source == "synthetic":
+        stale = synthetic_store_differences(schema.load_metadata(d.data_dir), config)
+        if stale:
+            logging.warning(
+                "%s already holds a synthetic benchmark other than the config's (%s); it is "
+                "trained on as it is. Render the config's into a fresh data.data_dir, or set "
+                "data.synthetic_* to what the store holds", d.data_dir, "; ".join(stale),
+            )  # fmt: skip
+
+
+def synthetic_store_differences(metadata: schema.DatasetMetadata, config: Any) -> list[str]:
+    """'key: store X, config Y' for each way a rendered synthetic store differs from what
+    config.data would render (episodes, frames, seed, resolution); [] when it matches or
+    the store is not the synthetic benchmark."""
+    extra, d = metadata.extra, config.data
+    if extra.get("generator") != "nuwa_jax.data.synthetic":
+        return []
+    frames = sorted({ep.num_frames for ep in metadata.episodes})
+    have = dict(
+        synthetic_episodes=len(metadata.episodes),
+        synthetic_frames=frames[0] if len(frames) == 1 else frames,
+        synthetic_seed=extra.get("seed"),
+        resolution=extra.get("resolution"),
+        first_episode=extra.get("first_episode", 0),
+    )
+    want = dict(
+        synthetic_episodes=int(d.synthetic_episodes),
+        synthetic_frames=int(d.synthetic_frames),
+        synthetic_seed=int(d.synthetic_seed),
+        resolution=int(d.resolution),
+        first_episode=0,
+    )
+    return [f"{k}: store {have[k]}, config {want[k]}" for k in want if have[k] != want[k]]
 
 
 def local_levels(config: Any) -> list[int]:
@@ -371,10 +410,10 @@ def make_train_step(
 
 def data_windows(config: Any) -> tuple[Any, list[int] | None, int]:
     """(plan, levels, frame side) of the run's training examples for the pipeline: the
-    hierarchy's windows (an MTD's level, every local level for a shared local MTD, every
-    level for the VAE), or for MarDini at its stage's resolution either the local levels'
-    windows (curriculum.trains_local_levels) or clips of its stage's num_frames
-    consecutive frames."""
+    hierarchy's windows (an MTD's level, every local level for a shared local MTD, the
+    VAE data.levels' or every level's), or for MarDini at its stage's resolution either
+    the local levels' windows (curriculum.trains_local_levels) or clips of its stage's
+    num_frames consecutive frames."""
     t = config.train
     if t.model == "mardini":
         s = curriculum.stage(config)
@@ -606,6 +645,9 @@ def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = No
     tokenizer = make_tokenizer(config.text)
     plan, levels, side = data_windows(config)
     iterator = pipeline.make_iterator(config, tokenizer, plan=plan, levels=levels, resolution=side)
+    # How many different examples each trained level can see (docs/data.md).
+    for line in pipeline.window_summary(config, plan=plan, levels=levels).lines():
+        logging.info("training windows: %s", line)
 
     # -----------------------------------------------------------------------------------
     # Models and the train step (one jit, the state donated): see make_train_step.

@@ -1,11 +1,14 @@
-"""Does a local MTD read its given frames? The probe of configs/conditioning.py.
+"""Does an MTD read its condition? The probes of configs/conditioning.py.
 
-A model that uses its given frames interpolates held-out clips far better with their own
-ends than with another clip's; one that ignores them scores the same with either (issue
-17's finding on the first demo bundle: 11 dB vs 9-9.3 dB). `Setting` renders the training
-episodes, encodes them with the frozen demo T-KLVAE and cuts held-out clips at the
-trained level's stride once; `probe` scores a trained run on them with the true and the
-wrong ends (`interpolation.compare(..., wrong_ends=True)`).
+A local model that uses its given frames interpolates held-out clips far better with
+their own ends than with another clip's; one that ignores them scores the same with
+either (issue 17's finding on the first demo bundle: 11 dB vs 9-9.3 dB). A global model
+has nothing but its prompts: the place its frames show must be the place their captions
+name. `Setting` renders the training episodes, encodes them with the frozen demo T-KLVAE
+and cuts held-out clips at the trained level's stride once; `probe` scores a trained
+local run with the true and the wrong ends (`interpolation.compare(..., wrong_ends=
+True)`), `scene_adherence` a global run's frames against their captions' places (the
+renderer's own scene classifier, nuwa_jax.evaluate.adherence).
 Used by benchmarks/conditioning.py (every variant) and tests/test_conditioning.py.
 """
 
@@ -18,11 +21,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from nuwa_jax import parallel
+from nuwa_jax import parallel, video_io
 from nuwa_jax.data import latents as latents_lib
 from nuwa_jax.data import synthetic
 from nuwa_jax.evaluate import interpolation
-from nuwa_jax.hierarchy.generator import Generator
+from nuwa_jax.evaluate.adherence import SceneClassifier, parse_caption
+from nuwa_jax.hierarchy.generator import Generator, LatentStore
 from nuwa_jax.hierarchy.models import HierarchyModels
 from nuwa_jax.hierarchy.plan import HierarchyPlan
 from nuwa_jax.models.text import make_tokenizer
@@ -115,3 +119,31 @@ class Setting:
         """The pixel blend, the latent blend and the VAE ceiling on the same clips."""
         gen = self.generator(config, None)
         return interpolation.compare(gen, self.clips, ["blend", "latent_blend", "vae"], self.level)
+
+    def scene_adherence(self, config: Any, run: str | os.PathLike, shift: int = 0) -> float:
+        """Share of the frames that a global run samples for the held-out clips (nothing
+        given, one caption per frame) whose scenery is the place their caption names.
+        `shift`: clip c takes the captions of clip c + shift (the same noise, other words)."""
+        gen = self.generator(config, run)
+        clips = self.clips
+        C, L = clips.truth.shape[:2]
+        captions = np.roll(np.array(clips.captions, object).reshape(C, L), -shift, axis=0)
+        index = np.arange(C * L).reshape(C, L)
+        store = LatentStore(C * L, gen.latent_shape)
+        gen.sample_segments(
+            "probe",
+            index,
+            np.zeros((C, L), bool),
+            store,
+            0,
+            level=0,
+            progress=False,
+            backbone="mtd",
+            model_level=0,
+            prompts=list(captions.reshape(-1)),
+        )
+        frames = np.concatenate([video_io.to_uint8(gen.decode(store.latents[i])) for i in index])
+        shown = SceneClassifier(frames.shape[1]).classify(frames)
+        named = [parse_caption(c)[1] for c in captions.reshape(-1)]
+        hits = [s == n for s, n in zip(shown, named, strict=True) if n is not None]
+        return float(np.mean(hits)) if hits else float("nan")

@@ -168,8 +168,12 @@ def diffusion_config(preset: str) -> ml_collections.ConfigDict:
 
     The schedule is Stable Diffusion's (scaled_linear 0.00085 .. 0.012, T = 1000,
     steps_offset 1, set_alpha_to_one False) so SD-initialised UNets see the noise levels
-    they were trained on. NUWA-XL: epsilon prediction, DDPM ancestral sampling (its paper);
-    step count and guidance scale are not in the paper and are our choices.
+    they were trained on. The recipe is measured, not the paper's (docs/models.md,
+    "The diffusion recipe"): v-prediction, the given frames clean in training and written
+    back at every sampling step, trailing timestep spacing (sampling starts at t = T-1).
+    NUWA-XL as written is prediction='epsilon', given_frames='noised' (with
+    mtd.condition_input='none', which the recipe keeps); it samples with DDPM ancestral
+    steps. Step count and guidance scale are not in the paper and are our choices.
     """
     paper = preset.startswith("flintstones")
     return ml_collections.ConfigDict(
@@ -179,16 +183,18 @@ def diffusion_config(preset: str) -> ml_collections.ConfigDict:
             beta_start=0.00085,
             beta_end=0.012,
             set_alpha_to_one=False,  # DDIM: alpha-bar after the last step (SD: False)
-            prediction="epsilon",  # 'epsilon' | 'v'
+            prediction="v",  # 'epsilon' (the paper) | 'v'
             # Rescale the schedule so alpha-bar is 0 at t = T-1 (Lin et al. 2024; needs 'v').
             zero_terminal_snr=False,
             # Given frames of a masked-frame model in x_t: 'noised' (the paper: every frame
             # noised, the given ones reach the MTD as x0^c only) or 'clean' (kept clean in
             # training and written back after every sampling step, as MarDini does).
-            given_frames="noised",
+            given_frames="clean",
             sampler="ddpm" if paper else "ddim",  # 'ddpm' | 'ddim'
             num_sampling_steps={"tiny": 3, "demo": 10}.get(preset, 50),  # demo: 3376 frames, ~7 min
-            timestep_spacing="leading",  # 'leading' | 'trailing'
+            # 'trailing' starts at t = T-1 (pure noise); 'leading' (diffusers' default)
+            # starts at t = (n-1) T/n + offset: with 10 steps at t = 901.
+            timestep_spacing="trailing",  # 'leading' | 'trailing'
             steps_offset=1,
             eta=0.0,  # DDIM stochasticity (0: deterministic)
             clip_sample=False,  # clip predicted x_0 to +-clip_sample_range

@@ -1,6 +1,8 @@
 """The conditioning ablation: does a briefly trained local MTD read its given frames?
 
-Usage: --config=configs/conditioning.py:VARIANT (default 'recipe', the demo's recipe).
+Usage: --config=configs/conditioning.py:VARIANT[:global] (default 'recipe', the demo's
+recipe; ':global' trains the global model instead, level 0, probed by the places its
+frames show: nothing is given there but the captions, guidance 2).
 Used by benchmarks/conditioning.py (every variant, held-out PSNR with the true ends and
 with another clip's ends) and tests/test_conditioning.py (the recipe only).
 
@@ -40,7 +42,9 @@ VARIANTS = {
 
 
 def get_config(arg: str | None = None):
-    variant = arg or "recipe"
+    variant, _, level = (arg or "recipe").partition(":")
+    if level not in ("", "global"):
+        raise ValueError(f"configs/conditioning.py: {arg!r}: the level part must be 'global'")
     if variant not in VARIANTS:
         raise ValueError(f"configs/conditioning.py: unknown variant {variant!r}; {list(VARIANTS)}")
     v = VARIANTS[variant]
@@ -48,6 +52,7 @@ def get_config(arg: str | None = None):
     config.vae = common.base("demo").vae  # the shipped demo T-KLVAE: 4 channels, 32 px
     config.hierarchy.update(frames_per_call=5, depth=3)  # strides 16, 4, 1
     config.data.update(resolution=32, batch_size=8)
+    config.text.max_length = 128  # every synthetic caption whole (125 bytes at most)
     config.train.update(
         model="mtd",
         level=1,
@@ -69,4 +74,7 @@ def get_config(arg: str | None = None):
     )
     config.mtd.condition_input = v["condition_input"]
     config.mtd.injection_blocks = v.get("injection", "down_up")
+    if level == "global":
+        config.train.level = 0
+        config.diffusion.guidance_scale = 2.0
     return config

@@ -231,7 +231,8 @@ class CLIPTokenizer:
 
     def decode(self, ids: np.ndarray) -> list[str]:
         """Texts back from (n, T) ids, special tokens and padding left out."""
-        rows = [[int(t) for t in row] for row in np.asarray(ids)]
+        special = {self.pad_id} | {self.tokenizer.token_to_id(t) for t in (self.BOS, self.EOS)}
+        rows = [[int(t) for t in row if int(t) not in special] for row in np.asarray(ids)]
         texts = self.tokenizer.decode_batch(rows)
         return [" ".join(t.replace("</w>", " ").split()) for t in texts]
 

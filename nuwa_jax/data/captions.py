@@ -56,6 +56,15 @@ def summarize(counts: Mapping[str, int], file: str = schema.CAPTIONS_FILE) -> sc
     )
 
 
+def describe(info: schema.CaptionInfo) -> str:
+    """One line for the writers' CLIs: distinct captions and the longest."""
+    return (
+        f"{info.frames} captioned frames, {info.distinct} distinct captions, the longest "
+        f"{info.max_utf8_bytes} UTF-8 bytes ({info.max_utf8_bytes + 2} byte tokens): "
+        f"{info.longest!r}"
+    )
+
+
 def write_file(root: str | os.PathLike, counts: Mapping[str, int]) -> schema.CaptionInfo:
     """Writes `root`/captions.json atomically; returns the summary for metadata.json."""
     pairs = ordered(counts)
@@ -248,10 +257,7 @@ def main(argv: Sequence[str] | None = None) -> schema.CaptionInfo:
     p.add_argument("store", help="frame-store directory (holds metadata.json)")
     args = p.parse_args(argv)
     info = add_summary(args.store)
-    print(
-        f"{args.store}: {info.frames} frames, {info.distinct} distinct captions, longest "
-        f"{info.max_utf8_bytes} UTF-8 bytes: {info.longest!r}"
-    )
+    print(f"{args.store}: {describe(info)}")
     return info
 
 

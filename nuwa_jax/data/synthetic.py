@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from nuwa_jax.data import captions as captions_lib
 from nuwa_jax.data import schema
 from nuwa_jax.data.writer import DatasetWriter
 
@@ -657,7 +658,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     size = sum(s.size_bytes for e in meta.episodes for s in e.shards)
     print(
         f"wrote {len(meta.episodes)} episodes, {sum(e.num_frames for e in meta.episodes)} "
-        f"frames, {size / 2**20:.1f} MiB to {args.out} in {time.perf_counter() - t0:.1f} s"
+        f"frames, {size / 2**20:.1f} MiB to {args.out} in {time.perf_counter() - t0:.1f} s\n"
+        f"  {captions_lib.describe(meta.captions)}"
     )
 
 

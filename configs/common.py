@@ -218,7 +218,14 @@ def text_config(preset: str) -> ml_collections.ConfigDict:
         dict(
             kind="clip" if clip else "byte",  # 'byte' | 'clip'
             clip_dir="",  # local HF CLIPTextModel directory ('clip' only)
-            max_length=77 if clip else {"tiny": 16}.get(preset, 32),  # tokens per prompt
+            # Tokens per prompt, special tokens included: the context must hold the
+            # training captions whole (the trainer refuses one that cuts them, see
+            # allow_truncation). Byte: the synthetic benchmark's longest caption is 125
+            # UTF-8 bytes, 127 tokens (synthetic.longest_caption); CLIP: its 77 positions.
+            max_length=77 if clip else 128,
+            # True: train on captions the context cuts (counted and reported); False: the
+            # trainer refuses a text.max_length shorter than the store's longest caption.
+            allow_truncation=False,
             width=width,
             layers=12 if clip else 2,
             heads=12 if clip else 4,

@@ -197,6 +197,11 @@ def main(argv: list[str]) -> None:
             f"  {level['level']:>8}: {level['segments']:5d} segments, {level['calls']:4d} calls,"
             f" {level['seconds']:.2f} s (first call {level['first_call_seconds']:.2f} s)"
         )
+    for cut in report["truncated_prompts"]:
+        print(
+            f"  cut prompt: {cut['prompt']!r} is {cut['tokens']} tokens, text.max_length="
+            f"{cut['max_length']}: {cut['dropped']} dropped, the model read {cut['kept']!r}"
+        )
 
 
 def task_backbone() -> str:

@@ -144,6 +144,8 @@ def write_video(
         chunk_segments=generator.chunk,
         build_seconds=built.build_seconds,
         parameters=generator.models.parameter_counts(),
+        # Prompts longer than the text context (each logged): what the model read of them.
+        truncated_prompts=[dataclasses.asdict(t) for t in video.truncated_prompts],
         outputs=sorted(
             f for f in os.listdir(out_dir) if f.startswith(name + "_") or f.startswith(name + ".")
         ),

@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
+import collections
 import os
 
 import av
 import numpy as np
 import pytest
 
+from nuwa_jax.data import captions, schema
 from nuwa_jax.data import convert_videos as cv
-from nuwa_jax.data import schema
 
 
 def write_video(path, num_frames, rate, codec="mpeg4", size=(40, 32)):
@@ -69,6 +70,10 @@ def test_convert_srt_and_json(dirs):
     np.testing.assert_allclose(b.images.mean(axis=(1, 2, 3)), 8 * src, atol=3)
     assert meta.episodes[1].extra["source_frames"] == 24
     assert meta.episodes[1].extra["captions"] == "b.json"
+    # The converter records the captions: the longest, and every caption's frames.
+    assert (meta.captions.longest, meta.captions.max_utf8_bytes) == ("first caption", 13)
+    want = collections.Counter(a.captions + b.captions)
+    assert captions.read_file(out / meta.captions.file) == want
     # A rerun skips finished episodes.
     _, again = cv.convert(
         str(videos), str(caps), str(out), resolution=16, fps=5, frames_per_shard=4, index_every=2

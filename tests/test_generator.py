@@ -2,6 +2,7 @@
 and chunk sizes, frame streaming, the autoregressive baseline, and the CLI."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -89,9 +90,24 @@ def test_autoregressive_baseline_chains_segments(eight_device_run):
 
 
 @pytest.mark.slow
+def test_a_prompt_longer_than_the_context_is_reported(eight_device_run, caplog):
+    gen, _, _ = eight_device_run
+    long = ", ".join(["a small orange triangle walks left"] * 4)  # 142 bytes, 144 tokens
+    with caplog.at_level(logging.WARNING):
+        video = gen.generate([long] * 2 + PROMPTS[:2], seed=3, progress=False)
+    (cut,) = video.truncated_prompts
+    assert gen.config.text.max_length == 128 and (cut.prompt, cut.dropped) == (long, 16)
+    warned = [r.getMessage() for r in caplog.records if long in r.getMessage()]
+    assert len(warned) == 1 and "16 tokens dropped" in warned[0]
+
+
+@pytest.mark.slow
 def test_generate_cli_writes_every_output(tmp_path):
     board = tmp_path / "board.txt"
-    board.write_text("1 | a small red circle walks left\n1 | a big blue square jumps\n")
+    long = ", ".join(["a small orange triangle walks left"] * 4)  # 144 tokens: 16 cut
+    board.write_text(
+        f"1 | a small red circle walks left\n1 | a big blue square jumps\n1 | {long}\n"
+    )
     cmd = [sys.executable, "-m", "nuwa_jax.generate", "--config=configs/tiny.py",
            "--config.data.resolution=16", f"--storyboard={board}", "--frames=9", "--steps=2",
            "--random_weights", f"--out={tmp_path / 'out'}", "--progress=false"]  # fmt: skip
@@ -105,6 +121,8 @@ def test_generate_cli_writes_every_output(tmp_path):
     assert report["num_frames"] == 9 and [lv["level"] for lv in report["levels"]] == [
         "global", "local1"]  # fmt: skip
     assert "9 frames (dod)" in run.stdout
+    (cut,) = report["truncated_prompts"]
+    assert cut["prompt"] == long and cut["dropped"] == 16 and "cut prompt" in run.stdout
 
 
 def test_cli_refuses_bad_storyboard_and_missing_weights(tmp_path):

@@ -113,6 +113,7 @@ def test_round_trip_equals_encoder_output(encoder, store_dir, frames_dir):
     assert got.latent_mean.shape == (3, 4, 4, 4)
     with schema.FrameStore(frames_dir) as src:
         assert got.captions == src.read_frames(episode, [1, 5, 9]).captions
+        assert meta.captions == src.metadata.captions  # the same captions, recorded again
     for j, i in enumerate([1, 5, 9]):
         for have, want in [(got.latent_mean[j], expected_mean[i]),
                            (got.latent_logvar[j], expected_logvar[i])]:  # fmt: skip

@@ -106,6 +106,39 @@ def test_render_matches_state_and_rules():
     assert set(spec["palette"]) == set(synthetic.PALETTE) and spec["actions"][0] == "walk_left"
 
 
+def test_longest_caption_bounds_every_rendered_caption():
+    """The bound from the rules holds every caption of 24 full demo-length episodes (brute
+    force), is what `caption` writes, and with one character on screen equals the longest
+    over every character, action and scene."""
+    bound = synthetic.longest_caption()
+    size = len(bound.encode())
+    assert size == 125 and bound.endswith(synthetic.SCENES["city"]["phrase"])
+    rendered = {c for e in range(24) for c in synthetic.simulate_episode(0, e, 3376, 32).captions}
+    longest = max(len(c.encode()) for c in rendered)
+    assert 100 <= longest <= size, longest
+    one = [
+        synthetic.caption([ch], np.ones(1, bool), np.array([a]), scene)
+        for ch in synthetic.ALL_CHARACTERS
+        for a in range(len(synthetic.ACTIONS))
+        for scene in synthetic.SCENES
+    ]
+    assert synthetic.longest_caption(max_present=1) == max(one, key=lambda c: len(c.encode()))
+
+
+@pytest.mark.parametrize("preset", ["tiny", "demo"])
+def test_synthetic_presets_read_every_caption_whole(preset):
+    """tiny and demo train on synthetic captions: their byte context holds the longest."""
+    from configs import common
+    from nuwa_jax.models.text import ByteTokenizer
+
+    cfg = common.base(preset).text
+    assert cfg.kind == "byte" and not cfg.allow_truncation
+    bound = synthetic.longest_caption()
+    tok = ByteTokenizer(cfg.max_length)
+    assert tok.count([bound])[0] == len(bound.encode()) + 2 <= cfg.max_length
+    assert tok.decode(tok([bound])) == [bound]
+
+
 def test_full_episode_cli_writes_a_store(tmp_path):
     """A full 3376-frame episode through the CLI (its render time is in docs/data.md)."""
     synthetic.main(

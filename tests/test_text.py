@@ -2,6 +2,7 @@
 the byte encoder and the TextEncoder facade (shapes, frozen gradients, sharding)."""
 
 import json
+import logging
 import os
 
 import jax
@@ -194,6 +195,14 @@ def test_clip_tokenizer_matches_transformers(tmp_path):
     long = ours_files[len(CORPUS) + 1]
     assert long[0] == bos and long[-1] == eos  # truncated, EOS kept
     assert list(ours_files[-1][:3]) == [bos, eos, eos]  # empty text, padded with EOS
+    # Uncut counts (what training checks captions with) are transformers' untruncated ids.
+    tok = text.CLIPTokenizer(tmp_path / "files", max_length=16)
+    uncut = [len(ids) for ids in hf(texts)["input_ids"]]
+    np.testing.assert_array_equal(tok.count(texts), uncut)
+    np.testing.assert_array_equal(tok.kept(texts), np.minimum(uncut, 16))
+    (cut,) = text.truncations(tok, texts)
+    assert cut.prompt == texts[len(CORPUS) + 1] and cut.dropped == uncut[len(CORPUS) + 1] - 16
+    assert cut.kept.startswith("a very long") and "<|" not in cut.kept
 
 
 def test_clip_tokenizer_bad_directory(tmp_path):
@@ -229,6 +238,30 @@ def test_byte_tokenizer_round_trip_and_shapes():
         tok(["a", 3])
     with pytest.raises(ValueError, match="max_length"):
         text.ByteTokenizer(1)
+
+
+def test_byte_tokenizer_counts_uncut_and_kept_tokens():
+    tok = text.ByteTokenizer(12)
+    texts = ["hi", "", "caf\u00e9 \u00e9t\u00e9 long text"]  # the last: 21 UTF-8 bytes
+    np.testing.assert_array_equal(tok.count(texts), [4, 2, 23])
+    np.testing.assert_array_equal(tok.kept(texts), [4, 2, 11])  # "café ét": 9 bytes
+
+
+def test_generation_warns_once_per_cut_prompt(caplog):
+    """Each distinct prompt longer than the context: one warning naming it and the
+    tokens dropped; prompts that fit say nothing."""
+    tok = text.ByteTokenizer(12)
+    prompts = ["hi"] * 3 + ["caf\u00e9 \u00e9t\u00e9 long text"] * 2 + ["Fred & Wilma"]
+    with caplog.at_level(logging.WARNING):
+        cut = text.warn_truncations(tok, prompts)
+    assert [(t.prompt, t.tokens, t.dropped, t.kept) for t in cut] == [
+        ("caf\u00e9 \u00e9t\u00e9 long text", 23, 12, "caf\u00e9 \u00e9t"),
+        ("Fred & Wilma", 14, 2, "Fred & Wil"),
+    ]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2, warned
+    assert "prompt 'Fred & Wilma' is 14 tokens, text.max_length=12: 2 tokens dropped" in warned[1]
+    assert text.truncations(tok, ["hi", "0123456789"]) == []  # 10 bytes + BOS + EOS fit
 
 
 # -------------------------------------------------------------------------------- facade

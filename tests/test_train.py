@@ -25,7 +25,7 @@ from trainer_setup import tiny_config
 import nuwa_jax  # noqa: F401
 from configs import common
 from nuwa_jax import parallel, video_io
-from nuwa_jax.data import pipeline, schema
+from nuwa_jax.data import captions, pipeline, schema
 from nuwa_jax.models.text import make_tokenizer
 from nuwa_jax.train import Checkpointer, NonFiniteError, train
 from nuwa_jax.train import samples as samples_lib
@@ -54,6 +54,8 @@ def test_mtd_loss_falls(data_dir, cache_dir, tmp_path):
     train(cfg, tmp_path)
     loss = losses(tmp_path)
     assert len(loss) == 40
+    context = json.loads((tmp_path / trainer_lib.TEXT_CONTEXT_FILE).read_text())
+    assert context["cut_frames"] == 0 and context["max_length"] == cfg.text.max_length
     ratio = np.mean(loss[-20:]) / np.mean(loss[:20])
     assert ratio < 0.75, (ratio, loss)
 
@@ -104,6 +106,28 @@ def test_bad_config_is_refused(data_dir):
     cfg.data.synthetic_episodes = 100_001  # would reach the held-out episodes
     with pytest.raises(ValueError, match="synthetic_episodes=100001 would train on held-out"):
         trainer_lib.check_config(cfg)
+
+
+def test_text_context_that_cuts_captions_is_refused_or_counted(data_dir, tmp_path):
+    """An 'mtd' run refuses a text.max_length that cuts its store's captions before it
+    builds anything; text.allow_truncation counts the cut captions and reports them."""
+    counts, _ = captions.store_captions(data_dir)
+    longest = max(len(t.encode()) for t in counts) + 2  # byte tokens: BOS, bytes, EOS
+    cfg = tiny_config(data_dir, "mtd")
+    cfg.text.max_length = 16
+    with pytest.raises(captions.TextContextError) as err:
+        train(cfg, tmp_path / "refused")
+    for part in (data_dir, f"longest caption is {longest} tokens", f"text.max_length={longest}"):
+        assert part in str(err.value), str(err.value)
+    assert not os.path.exists(tmp_path / "refused" / "checkpoints")
+    cfg.text.allow_truncation = True
+    report = trainer_lib.check_text_context(cfg, make_tokenizer(cfg.text), tmp_path)
+    cut = sum(n for t, n in counts.items() if len(t.encode()) + 2 > 16)
+    assert report.cut_frames == cut > 0 and report.frames == 80
+    written = json.loads((tmp_path / trainer_lib.TEXT_CONTEXT_FILE).read_text())
+    assert written["cut_frames"] == cut and written["longest_tokens"] == longest
+    whole = tiny_config(data_dir, "mtd")  # the preset's context holds every caption
+    assert trainer_lib.check_text_context(whole, make_tokenizer(whole.text)).cut_frames == 0
 
 
 @pytest.mark.slow

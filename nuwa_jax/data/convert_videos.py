@@ -36,6 +36,7 @@ from typing import Any
 import av
 import numpy as np
 
+from nuwa_jax.data import captions as captions_lib
 from nuwa_jax.data import schema
 from nuwa_jax.data.writer import DatasetWriter
 from nuwa_jax.video_io import resize_and_crop
@@ -458,13 +459,14 @@ def main(argv: Sequence[str] | None = None) -> ConversionSummary:
     p.add_argument("--gap_caption", default="", help="caption between timed cues")
     p.add_argument("--skip_bad", action="store_true", help="skip bad videos and count them")
     args = p.parse_args(argv)
-    _, summary = convert(
+    meta, summary = convert(
         args.videos, args.captions, args.out, resolution=args.resolution, fps=args.fps,
         image_format=args.image_format, jpeg_quality=args.jpeg_quality,
         frames_per_shard=args.frames_per_shard, index_every=args.index_every,
         skip_bad=args.skip_bad, gap_caption=args.gap_caption,
     )  # fmt: skip
     print(summary)
+    print(f"  {captions_lib.describe(meta.captions)}")
     return summary
 
 

@@ -7,6 +7,7 @@ the layout below, documented in full in docs/data.md.
 
 Layout of a data set directory:
   metadata.json                      written atomically, last (DatasetMetadata)
+  captions.json                      distinct captions and their frame counts (CaptionInfo)
   <episode>.<shard:05d>.tfrecord     consecutive frames of ONE episode
 
 Each record is a serialized `tf.train.Example` with the features in FEATURES (episode
@@ -47,6 +48,7 @@ from PIL import Image
 FORMAT_NAME = "nuwa_jax.frames"
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
+CAPTIONS_FILE = "captions.json"  # distinct captions and their frame counts (CaptionInfo)
 SHARD_SUFFIX = ".tfrecord"
 TEMP_MARKER = ".tmp-"  # files named `.<name>.tmp-<pid>` are unfinished writes
 IMAGE_FORMATS = ("png", "jpeg")
@@ -699,11 +701,44 @@ class LatentInfo:
 
 
 @dataclasses.dataclass
+class CaptionInfo:
+    """What a store's captions ask of a text encoder (metadata `captions`; absent in stores
+    written before it was recorded: nuwa_jax.data.captions reads their records instead).
+
+    frames: captioned frames; distinct: distinct captions; max_utf8_bytes: UTF-8 bytes of
+    the longest caption, `longest` (the byte tokenizer reads it as max_utf8_bytes + 2
+    tokens: BOS, bytes, EOS); file: CAPTIONS_FILE, every distinct caption with its number
+    of frames, so that any tokenizer's longest caption and cut frames count exactly.
+    """
+
+    frames: int
+    distinct: int
+    max_utf8_bytes: int
+    longest: str
+    file: str = CAPTIONS_FILE
+
+    def validate(self, path: str = METADATA_FILE) -> None:
+        if min(self.frames, self.distinct, self.max_utf8_bytes) < 0 or self.distinct > self.frames:
+            raise DataError(
+                f"{path}: captions: frames={self.frames}, distinct={self.distinct}, "
+                f"max_utf8_bytes={self.max_utf8_bytes} must be >= 0, distinct <= frames"
+            )
+        if len(self.longest.encode("utf-8")) != self.max_utf8_bytes:
+            raise DataError(
+                f"{path}: captions.longest is {len(self.longest.encode('utf-8'))} UTF-8 bytes, "
+                f"captions.max_utf8_bytes says {self.max_utf8_bytes}"
+            )
+        if not self.file or os.path.basename(self.file) != self.file:
+            raise DataError(f"{path}: captions.file {self.file!r} must be a file name in the store")
+
+
+@dataclasses.dataclass
 class DatasetMetadata:
     """Contents of metadata.json (see docs/data.md).
 
     `latent` set: a latent store (records carry posterior moments, image_format 'none';
-    height and width are those of the frames that were encoded).
+    height and width are those of the frames that were encoded). `captions`: the caption
+    summary (CaptionInfo), None in stores written before it was recorded.
     """
 
     fps: float
@@ -717,11 +752,13 @@ class DatasetMetadata:
     format: str = FORMAT_NAME
     version: int = FORMAT_VERSION
     latent: LatentInfo | None = None
+    captions: CaptionInfo | None = None
 
     def to_json(self) -> dict[str, Any]:
         obj = dataclasses.asdict(self)
-        if self.latent is None:
-            del obj["latent"]  # image stores: metadata.json exactly as before latents
+        for key in ("latent", "captions"):  # absent: metadata.json exactly as before them
+            if obj[key] is None:
+                del obj[key]
         return obj
 
     @classmethod
@@ -750,6 +787,9 @@ class DatasetMetadata:
                 episodes=episodes,
                 extra=dict(obj.get("extra", {})),
                 latent=LatentInfo(**obj["latent"]) if obj.get("latent") is not None else None,
+                captions=(
+                    CaptionInfo(**obj["captions"]) if obj.get("captions") is not None else None
+                ),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"{path}: bad metadata: {type(e).__name__}: {e}") from e
@@ -757,7 +797,16 @@ class DatasetMetadata:
         return meta
 
     def validate(self, path: str = METADATA_FILE) -> None:
-        """Checks shard ranges tile each episode and offset counts fit."""
+        """Checks shard ranges tile each episode, offset counts fit, the caption summary
+        counts every frame."""
+        if self.captions is not None:
+            self.captions.validate(path)
+            total = sum(ep.num_frames for ep in self.episodes)
+            if self.captions.frames != total:
+                raise DataError(
+                    f"{path}: captions.frames={self.captions.frames}, the episodes hold "
+                    f"{total} frames"
+                )
         if self.latent is not None:
             self.latent.validate(path)
             if self.image_format != LATENT_IMAGE_FORMAT:

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from nuwa_jax.data import captions as captions_lib
 from nuwa_jax.data import schema
 from nuwa_jax.data.writer import DatasetWriter
 
@@ -357,6 +358,29 @@ def caption(
     return f"{', '.join(groups)} {phrase}"
 
 
+def longest_caption(max_present: int = CAST_SIZE[1]) -> str:
+    """The longest caption (in UTF-8 bytes) `caption` can write, from the rules as data.
+
+    A frame shows at most `max_present` characters (a shot's cast, CAST_SIZE[1]), distinct
+    members of ALL_CHARACTERS, each doing one of ACTIONS, in one of SCENES. A caption's
+    length is the sum of its characters' descriptions plus what the grouping by action
+    and the scene phrase add, whoever does what; so the longest uses the `max_present`
+    longest descriptions, and every assignment of actions to them (and nobody at all)
+    is tried in every scene with `caption` itself. Text encoders must hold it whole
+    (configs/common.py text.max_length).
+    """
+    by_length = sorted(ALL_CHARACTERS, key=lambda c: -len(c.describe().encode("utf-8")))
+    best = ""
+    for k in range(max_present + 1):
+        cast, present = by_length[:k], np.ones(k, bool)
+        for acts in itertools.product(range(len(ACTIONS)), repeat=k):
+            for scene in SCENES:
+                text = caption(cast, present, np.asarray(acts, np.int64), scene)
+                if len(text.encode("utf-8")) > len(best.encode("utf-8")):
+                    best = text
+    return best
+
+
 def simulate_episode(
     seed: int, episode: int, num_frames: int = 3376, resolution: int = 64
 ) -> EpisodeState:
@@ -639,7 +663,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     size = sum(s.size_bytes for e in meta.episodes for s in e.shards)
     print(
         f"wrote {len(meta.episodes)} episodes, {sum(e.num_frames for e in meta.episodes)} "
-        f"frames, {size / 2**20:.1f} MiB to {args.out} in {time.perf_counter() - t0:.1f} s"
+        f"frames, {size / 2**20:.1f} MiB to {args.out} in {time.perf_counter() - t0:.1f} s\n"
+        f"  {captions_lib.describe(meta.captions)}"
     )
 
 

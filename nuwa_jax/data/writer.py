@@ -7,10 +7,16 @@ small marker (`_episodes/<episode>.json`, written atomically) so a rerun skips i
 without decoding anything; within an unfinished episode, finished shards are
 verified (CRCs, record count, first record) and kept. metadata.json is written last,
 atomically, by `finalize`: a directory without it is not a data set.
+
+Captions: the writer counts every frame's caption (an episode's counts go into its
+marker, so a rerun that skips it still knows them); `finalize` writes captions.json
+(every distinct caption and its frames) and the summary in metadata.json's `captions`
+(nuwa_jax.data.captions), from which training sizes the text encoder's context.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -19,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from nuwa_jax.data import captions as captions_lib
 from nuwa_jax.data import schema
 
 EPISODE_MARKERS = "_episodes"
@@ -88,6 +95,7 @@ class DatasetWriter:
         self.latent = latent
         self.stats = WriterStats()
         self._episodes: list[schema.EpisodeInfo] = []
+        self._captions: dict[str, collections.Counter] = {}  # per episode id
         os.makedirs(os.path.join(self.out_dir, EPISODE_MARKERS), exist_ok=True)
         self.removed_temp_files = self._remove_temp_files()
 
@@ -123,6 +131,14 @@ class DatasetWriter:
 
     def finished_episode(self, episode_id: str) -> schema.EpisodeInfo | None:
         """The episode's entry if an earlier run finished it with the same layout."""
+        found = self._finished(episode_id)
+        return None if found is None else found[0]
+
+    def _finished(
+        self, episode_id: str
+    ) -> tuple[schema.EpisodeInfo, collections.Counter | None] | None:
+        """(entry, caption counts or None for a marker written before they were kept) of
+        an episode an earlier run finished with the same layout."""
         path = self._marker_path(episode_id)
         if not os.path.exists(path):
             return None
@@ -136,7 +152,10 @@ class DatasetWriter:
                 shards=[schema.ShardInfo(**s) for s in entry["shards"]],
                 extra=dict(entry.get("extra", {})),
             )
-        except (OSError, KeyError, TypeError, ValueError) as e:
+            counts = obj.get("captions")
+            if counts is not None:
+                counts = collections.Counter({str(k): int(v) for k, v in counts.items()})
+        except (OSError, KeyError, TypeError, ValueError, AttributeError) as e:
             raise schema.DataError(f"{path}: unreadable episode marker: {e}") from e
         if layout != self.layout:
             raise schema.DataError(
@@ -149,20 +168,31 @@ class DatasetWriter:
             shard_path = os.path.join(self.out_dir, s.file)
             if not os.path.exists(shard_path) or os.path.getsize(shard_path) != s.size_bytes:
                 return None  # a shard went missing or changed: redo the episode
-        return info
+        if counts is not None and sum(counts.values()) != info.num_frames:
+            raise schema.DataError(
+                f"{path}: caption counts cover {sum(counts.values())} frames, the episode "
+                f"has {info.num_frames}"
+            )
+        return info, counts
 
     def add_finished_episode(self, episode_id: str) -> schema.EpisodeInfo | None:
-        """Registers an episode finished by an earlier run; None if there is none."""
-        info = self.finished_episode(episode_id)
-        if info is not None:
-            self._register(info)
-            self.stats.episodes_resumed += 1
+        """Registers an episode finished by an earlier run; None if there is none. Its
+        caption counts come from its marker (or, from an older marker, its records)."""
+        found = self._finished(episode_id)
+        if found is None:
+            return None
+        info, counts = found
+        if counts is None:
+            counts = captions_lib.scan_captions(self.out_dir, self._metadata([info]))
+        self._register(info, counts)
+        self.stats.episodes_resumed += 1
         return info
 
-    def _register(self, info: schema.EpisodeInfo) -> None:
+    def _register(self, info: schema.EpisodeInfo, counts: collections.Counter) -> None:
         if any(e.id == info.id for e in self._episodes):
             raise schema.DataError(f"{self.out_dir}: episode {info.id!r} written twice")
         self._episodes.append(info)
+        self._captions[info.id] = counts
 
     # -- writing --------------------------------------------------------------------------
     def _check_frame(self, episode_id: str, index: int, image: Any, caption: Any) -> Any:
@@ -280,6 +310,7 @@ class DatasetWriter:
         if any(e.id == episode_id for e in self._episodes):
             raise schema.DataError(f"{self.out_dir}: episode {episode_id!r} written twice")
         shards: list[schema.ShardInfo] = []
+        counts: collections.Counter = collections.Counter()
         it: Iterator[tuple[Any, str]] = iter(frames)
         index = 0
         exhausted = False
@@ -296,6 +327,7 @@ class DatasetWriter:
                 )
             if not batch:
                 break
+            counts.update(caption for _, caption in batch)
             name = schema.shard_file_name(episode_id, len(shards))
             path = os.path.join(self.out_dir, name)
             existing = self._existing_shard(path, episode_id, index)
@@ -309,13 +341,15 @@ class DatasetWriter:
         if index == 0:
             raise schema.DataError(f"episode {episode_id!r}: no frames")
         info = schema.EpisodeInfo(episode_id, index, shards, dict(extra or {}))
-        marker = dict(layout=self.layout, episode=dataclasses.asdict(info))
+        marker = dict(layout=self.layout, episode=dataclasses.asdict(info), captions=counts)
         schema.atomic_write_bytes(self._marker_path(episode_id), json.dumps(marker).encode("utf-8"))
-        self._register(info)
+        self._register(info, counts)
         self.stats.episodes_written += 1
         return info
 
-    def _metadata(self, episodes: list[schema.EpisodeInfo]) -> schema.DatasetMetadata:
+    def _metadata(
+        self, episodes: list[schema.EpisodeInfo], captions: schema.CaptionInfo | None = None
+    ) -> schema.DatasetMetadata:
         return schema.DatasetMetadata(
             fps=self.fps,
             height=self.height,
@@ -326,10 +360,16 @@ class DatasetWriter:
             episodes=episodes,
             extra=self.extra,
             latent=self.latent,
+            captions=captions,
         )
 
     def finalize(self) -> schema.DatasetMetadata:
-        """Writes metadata.json (atomically, last) for the episodes of this run, in order."""
-        meta = self._metadata(list(self._episodes))
+        """Writes captions.json, then metadata.json (atomically, last) for the episodes of
+        this run, in order."""
+        counts: collections.Counter = collections.Counter()
+        for ep in self._episodes:
+            counts.update(self._captions[ep.id])
+        info = captions_lib.write_file(self.out_dir, counts)
+        meta = self._metadata(list(self._episodes), info)
         schema.save_metadata(self.out_dir, meta)
         return meta

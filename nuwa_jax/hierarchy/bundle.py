@@ -62,7 +62,7 @@ TEXT_LAYOUTS = ("shared", "per_level")
 ARCHITECTURE_SECTIONS: dict[str, tuple[str, ...]] = {
     "vae": ("pretrained_dir", "scaling_factor", "shift_factor"),  # the last two: LATENT_FIELDS
     "mtd": ("dropout",),
-    "text": ("clip_dir", "trainable"),
+    "text": ("clip_dir", "trainable", "allow_truncation"),
     "hierarchy": ("local_backbone",),  # which local model runs is a generation choice
     # MarDini takes clips of any length (num_frames), the rest trains or samples it.
     "mardini": (

@@ -50,6 +50,7 @@ from nuwa_jax.diffusion.parameterization import check_given_frames
 from nuwa_jax.hierarchy.models import HierarchyModels, check_mardini
 from nuwa_jax.hierarchy.models import local_backbone as _local_backbone
 from nuwa_jax.hierarchy.plan import HierarchyPlan, generation_plan
+from nuwa_jax.models.text import Truncation, warn_truncations
 
 SCHEDULES = ("dod", "ar")
 AR_LEVEL = 1_000  # key-folding id of the autoregressive baseline's segments
@@ -479,7 +480,9 @@ class Generator:
 
         on_frames(start, frames): called with decoded frames [start, start + k) in time
         order as soon as they are final (a clip of `decode_frames` at a time), so a writer
-        can stream a long video; every frame is passed exactly once.
+        can stream a long video; every frame is passed exactly once. A prompt longer than
+        the text context is logged once, with the tokens dropped, and listed in the
+        video's `truncated_prompts`.
         """
         if schedule not in SCHEDULES:
             raise ValueError(f"generation.schedule: unknown {schedule!r}; use {SCHEDULES}")
@@ -491,11 +494,13 @@ class Generator:
         n = len(prompts)
         if n < 2:
             raise ValueError(f"a video needs at least 2 frames, got {n} prompts")
+        cut = warn_truncations(self.tokenizer, prompts) if hasattr(self.tokenizer, "count") else []
         stream = _FrameStream(self, n, on_frames)
         if schedule == "dod":
             video = self._generate_dod(prompts, n, seed, progress, stream)
         else:
             video = self._generate_ar(prompts, n, seed, progress, stream)
+        video.truncated_prompts = cut
         stream.flush(video.store, final=True)
         return video
 
@@ -571,6 +576,7 @@ class GeneratedVideo:
     keyframe_indices: np.ndarray
     timings: list[LevelTiming]
     plan: HierarchyPlan | None
+    truncated_prompts: list[Truncation] = dataclasses.field(default_factory=list)
 
     @property
     def latents(self) -> np.ndarray:

@@ -9,11 +9,16 @@ NUWA-XL encodes each keyframe's prompt with CLIP's text encoder into p (b, L, l_
   vocabulary file and no download, the offline default of the tiny and demo presets.
 - `TextEncoder`: chosen by `config.text.kind`; per-frame prompts (B, L, T) -> (B, L, T, D),
   frames folded into the batch.
+Both tokenizers cut a text longer than `max_length` tokens; `count` gives its tokens
+uncut, so training can refuse a context that cuts its captions
+(nuwa_jax.data.captions) and generation warns about a prompt it cuts (`truncations`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -74,6 +79,15 @@ class ByteTokenizer:
             out[i, 1 : 1 + len(ids)] = ids
             out[i, 1 + len(ids)] = self.EOS
         return out
+
+    def count(self, texts: Sequence[str]) -> np.ndarray:
+        """Tokens of each text uncut, BOS and EOS included: UTF-8 bytes + 2, int64 (n,)."""
+        _check_texts(texts, "ByteTokenizer")
+        return np.array([len(t.encode("utf-8")) + 2 for t in texts], np.int64)
+
+    def kept(self, texts: Sequence[str]) -> np.ndarray:
+        """Tokens of each text the context keeps (a cut never splits a character), (n,)."""
+        return np.count_nonzero(self(texts) != self.PAD, axis=1).astype(np.int64)
 
     def decode(self, ids: np.ndarray) -> list[str]:
         """Texts back from (n, T) ids: the bytes between BOS and the first EOS."""
@@ -146,6 +160,9 @@ class CLIPTokenizer:
         pad_id = tok.token_to_id(pad)
         if pad_id is None:
             raise ValueError(f"{directory}: pad token {pad!r} is not in the vocabulary")
+        self.counter = tokenizers.Tokenizer.from_str(tok.to_str())  # uncut, unpadded
+        self.counter.no_truncation()
+        self.counter.no_padding()
         tok.enable_truncation(self.max_length)
         tok.enable_padding(length=self.max_length, pad_id=pad_id, pad_token=pad)
         self.tokenizer, self.pad_id = tok, pad_id
@@ -203,6 +220,22 @@ class CLIPTokenizer:
             return np.zeros((0, self.max_length), np.int32)
         return np.array([e.ids for e in self.tokenizer.encode_batch(list(texts))], np.int32)
 
+    def count(self, texts: Sequence[str]) -> np.ndarray:
+        """Tokens of each text uncut, <|startoftext|> and <|endoftext|> included, int64 (n,)."""
+        _check_texts(texts, "CLIPTokenizer")
+        return np.array([len(e.ids) for e in self.counter.encode_batch(list(texts))], np.int64)
+
+    def kept(self, texts: Sequence[str]) -> np.ndarray:
+        """Tokens of each text the context keeps: min(uncut, max_length), (n,)."""
+        return np.minimum(self.count(texts), self.max_length)
+
+    def decode(self, ids: np.ndarray) -> list[str]:
+        """Texts back from (n, T) ids, special tokens and padding left out."""
+        special = {self.pad_id} | {self.tokenizer.token_to_id(t) for t in (self.BOS, self.EOS)}
+        rows = [[int(t) for t in row if int(t) not in special] for row in np.asarray(ids)]
+        texts = self.tokenizer.decode_batch(rows)
+        return [" ".join(t.replace("</w>", " ").split()) for t in texts]
+
 
 def make_tokenizer(config: Any):
     """The tokenizer of a `text` config section: ByteTokenizer or CLIPTokenizer(clip_dir)."""
@@ -212,6 +245,50 @@ def make_tokenizer(config: Any):
     if not config.clip_dir:
         raise ValueError("text.kind='clip' needs text.clip_dir (a local CLIP directory)")
     return CLIPTokenizer(config.clip_dir, config.max_length)
+
+
+@dataclasses.dataclass(frozen=True)
+class Truncation:
+    """A prompt longer than the text context: `tokens` uncut (special tokens included),
+    `max_length` kept, `kept` the text the encoder reads, `dropped` tokens lost."""
+
+    prompt: str
+    tokens: int
+    max_length: int
+    kept: str
+    dropped: int
+
+    def describe(self, field: str = "text.max_length") -> str:
+        return (
+            f"prompt {self.prompt!r} is {self.tokens} tokens, {field}={self.max_length}: "
+            f"{self.dropped} tokens dropped, the model reads {self.kept!r}"
+        )
+
+
+def truncations(tokenizer: Any, prompts: Sequence[str]) -> list[Truncation]:
+    """The distinct prompts the tokenizer cuts (first appearance order), each once.
+
+    `tokenizer`: a ByteTokenizer or CLIPTokenizer (count, kept, decode, max_length).
+    """
+    distinct = list(dict.fromkeys(prompts))
+    if not distinct:
+        return []
+    counts, kept = tokenizer.count(distinct), tokenizer.kept(distinct)
+    out = []
+    for prompt, n, k in zip(distinct, counts, kept):
+        if n > k:
+            text = tokenizer.decode(tokenizer([prompt]))[0]
+            out.append(Truncation(prompt, int(n), tokenizer.max_length, text, int(n - k)))
+    return out
+
+
+def warn_truncations(tokenizer: Any, prompts: Sequence[str]) -> list[Truncation]:
+    """`truncations`, each logged as a warning naming the prompt and the tokens dropped."""
+    found = truncations(tokenizer, prompts)
+    for t in found:
+        logging.warning("%s (the text encoder's context is fixed by its weights: shorten "
+                        "the prompt)", t.describe())  # fmt: skip
+    return found
 
 
 # ---------------------------------------------------------------------------------------

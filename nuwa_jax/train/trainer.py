@@ -10,6 +10,9 @@ clips of consecutive frames or the hierarchy's local-level windows (mardini.trai
 frozen VAE; nuwa_jax.train.curriculum). `train.init_from`
 starts a fresh run from another run's newest params (e.g. the previous stage's) or from a
 hierarchy bundle's weights of the networks it trains (continuing a shipped bundle).
+An 'mtd' run first checks that text.max_length holds every caption of its store whole
+(`check_text_context`: refused otherwise, unless text.allow_truncation, which counts and
+reports the cut captions in text_context.json).
 A rerun in the same workdir resumes from the newest checkpoint;
 SIGTERM saves at the next step boundary and exits 0; a NaN / Inf loss or gradient
 (checked at each log, checkpoint and sample step, the only steps where the host waits for
@@ -43,7 +46,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from nuwa_jax import diffusion, parallel
-from nuwa_jax.data import pipeline, schema, synthetic
+from nuwa_jax.data import captions, pipeline, schema, synthetic
 from nuwa_jax.hierarchy.models import (
     MARDINI_SEED_OFFSET,
     check_hierarchy,
@@ -72,6 +75,7 @@ BATCH_KEYS = (
 )
 METRICS_FILE = "metrics.jsonl"
 INIT_FROM_FILE = "init_from.json"  # what train.init_from gave the run (read by export)
+TEXT_CONTEXT_FILE = "text_context.json"  # the store's captions against text.max_length
 
 
 class NonFiniteError(FloatingPointError):
@@ -201,6 +205,35 @@ def synthetic_store_differences(metadata: schema.DatasetMetadata, config: Any) -
         first_episode=0,
     )
     return [f"{k}: store {have[k]}, config {want[k]}" for k in want if have[k] != want[k]]
+
+
+def check_text_context(
+    config: Any, tokenizer: Any, workdir: str | os.PathLike | None = None
+) -> captions.ContextReport:
+    """The training store's captions (data.latents_dir, else data.data_dir) against the
+    text context, counted with the run's tokenizer (nuwa_jax.data.captions).
+
+    A text.max_length that cuts any caption raises captions.TextContextError naming the
+    store, the longest caption's tokens and the field, unless text.allow_truncation; then
+    the cut captions are logged. Process 0 writes the report to `workdir`/TEXT_CONTEXT_FILE.
+    """
+    d = config.data
+    root = d.latents_dir or d.data_dir
+    report = captions.check_context(
+        root, tokenizer.count, config.text.max_length, allow=config.text.allow_truncation
+    )
+    if report.source == captions.SOURCE_SCAN:
+        logging.info("%s: captions read from %s; add the summary once with python -m "
+                     "nuwa_jax.data.captions %s", root, report.source, root)  # fmt: skip
+    if report.cut_frames:
+        logging.warning("text.allow_truncation=True: %s", report.describe())
+    else:
+        logging.info("text context: %d tokens hold every caption of %s (longest %d tokens)",
+                     report.max_length, root, report.longest_tokens)  # fmt: skip
+    if workdir is not None and jax.process_index() == 0:
+        data = (json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n").encode()
+        schema.atomic_write_bytes(os.path.join(os.fspath(workdir), TEXT_CONTEXT_FILE), data)
+    return report
 
 
 def local_levels(config: Any) -> list[int]:
@@ -643,6 +676,8 @@ def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = No
         )
     ensure_data(config)
     tokenizer = make_tokenizer(config.text)
+    if t.model == "mtd":  # the only model that reads the captions
+        check_text_context(config, tokenizer, workdir)
     plan, levels, side = data_windows(config)
     iterator = pipeline.make_iterator(config, tokenizer, plan=plan, levels=levels, resolution=side)
     # How many different examples each trained level can see (docs/data.md).

@@ -170,7 +170,8 @@ def diffusion_config(preset: str) -> ml_collections.ConfigDict:
     steps_offset 1, set_alpha_to_one False) so SD-initialised UNets see the noise levels
     they were trained on. The recipe is measured, not the paper's (docs/models.md,
     "The diffusion recipe"): v-prediction, the given frames clean in training and written
-    back at every sampling step, trailing timestep spacing (sampling starts at t = T-1).
+    back at every sampling step, a zero-terminal-SNR schedule and trailing timestep
+    spacing (sampling starts at t = T-1, pure noise).
     NUWA-XL as written is prediction='epsilon', given_frames='noised' (with
     mtd.condition_input='none', which the recipe keeps); it samples with DDPM ancestral
     steps. Step count and guidance scale are not in the paper and are our choices.
@@ -184,8 +185,9 @@ def diffusion_config(preset: str) -> ml_collections.ConfigDict:
             beta_end=0.012,
             set_alpha_to_one=False,  # DDIM: alpha-bar after the last step (SD: False)
             prediction="v",  # 'epsilon' (the paper) | 'v'
-            # Rescale the schedule so alpha-bar is 0 at t = T-1 (Lin et al. 2024; needs 'v').
-            zero_terminal_snr=False,
+            # Rescale the schedule so alpha-bar is 0 at t = T-1 (Lin et al. 2024; needs 'v'):
+            # the global model learns the layout from pure noise (docs/models.md).
+            zero_terminal_snr=True,
             # Given frames of a masked-frame model in x_t: 'noised' (the paper: every frame
             # noised, the given ones reach the MTD as x0^c only) or 'clean' (kept clean in
             # training and written back after every sampling step, as MarDini does).

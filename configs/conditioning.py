@@ -19,7 +19,8 @@ uses its given frames. The variants differ only in the recipe:
     v_clean        v-prediction, given frames clean and re-imposed
     v_clean_input  + [x0^c, x0^m] at the UNet's input as well as injected
     input_only     v_clean_input without the injections (input path alone)
-    recipe         v_clean_input with zero terminal SNR: the demo's recipe
+    v_clean_input_ztsnr  v_clean_input with a zero-terminal-SNR schedule
+    recipe         v_clean with a zero-terminal-SNR schedule: every preset's recipe
 """
 
 from configs import common
@@ -35,8 +36,11 @@ VARIANTS = {
     "input_only": dict(
         prediction="v", given_frames="clean", condition_input="concat", injection="none"
     ),
-    "recipe": dict(
+    "v_clean_input_ztsnr": dict(
         prediction="v", given_frames="clean", condition_input="concat", zero_terminal_snr=True
+    ),
+    "recipe": dict(
+        prediction="v", given_frames="clean", condition_input="none", zero_terminal_snr=True
     ),
 }
 
@@ -52,7 +56,6 @@ def get_config(arg: str | None = None):
     config.vae = common.base("demo").vae  # the shipped demo T-KLVAE: 4 channels, 32 px
     config.hierarchy.update(frames_per_call=5, depth=3)  # strides 16, 4, 1
     config.data.update(resolution=32, batch_size=8)
-    config.text.max_length = 128  # every synthetic caption whole (125 bytes at most)
     config.train.update(
         model="mtd",
         level=1,

@@ -7,7 +7,8 @@ The task of every local level of Diffusion over Diffusion: given two frames s_{j
 apart, make the L-2 frames between them at stride s_j. Held out: clips of level j (L
 frames at its stride) at random positions in benchmark episodes never trained on
 (indices from --first_episode, rendered once into <work>/reference). The methods (mtd,
-mardini, blend, latent_blend, vae) and the scores are nuwa_jax.evaluate.interpolation's.
+mardini, blend, latent_blend, vae) and the scores are nuwa_jax.evaluate.interpolation's;
+with --wrong_ends (default) each model is scored again given another clip's ends.
 Writes benchmarks/results/interpolation_<preset>_<platform>.json (or --out).
 """
 
@@ -37,6 +38,9 @@ _EPISODES = flags.DEFINE_integer("episodes", 4, "Held-out episodes the clips com
 _FIRST = flags.DEFINE_integer("first_episode", synthetic.HELD_OUT_FIRST_EPISODE,
                               "First held-out episode index.")  # fmt: skip
 _SEED = flags.DEFINE_integer("seed", 0, "Clip positions and sampling noise.")
+_WRONG = flags.DEFINE_bool(
+    "wrong_ends", True, "Also sample each model with another clip's ends (<method>@wrong_ends)."
+)
 _WORK = flags.DEFINE_string("work", "runs/interpolation", "Where the reference is rendered.")
 _OUT = flags.DEFINE_string("out", None, "Result JSON (default benchmarks/results/...).")
 
@@ -86,7 +90,11 @@ def main(argv: list[str]) -> None:
                                              first_episode=_FIRST.value,
                                              episodes=_EPISODES.value, frames=frames)  # fmt: skip
         row: dict[str, Any] = dict(level=j, stride=plan.stride(j), clips=len(clips.truth))
-        row.update(interpolation.compare(gen, clips, methods, level=j, seed=_SEED.value))
+        row.update(
+            interpolation.compare(
+                gen, clips, methods, level=j, seed=_SEED.value, wrong_ends=_WRONG.value
+            )
+        )
         row["clip_starts"] = [list(s) for s in clips.starts]  # episode, frame
         rows.append(row)
         line = ", ".join(

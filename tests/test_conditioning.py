@@ -127,53 +127,59 @@ def test_every_variant_of_the_ablation_builds():
         conditioning.get_config("best")
 
 
-@pytest.mark.slow
-def test_briefly_trained_local_mtd_reads_its_given_frames(tmp_path):
-    """configs/conditioning.py's recipe, trained briefly on 8 synthetic episodes: on
-    held-out clips it interpolates far better with the clips' own ends than with another
-    clip's. A model that ignores its given frames scores the same with either."""
-    from nuwa_jax.evaluate.conditioning import Setting
-    from nuwa_jax.train import train
-
-    devices = jax.devices()[:1]  # about learning; test_mtd pins sharded == unsharded
-    cfg = conditioning.get_config("recipe")
-    setting = Setting.prepare(
-        cfg, tmp_path, DEMO_BUNDLE, train_episodes=8, held_out_episodes=8, clips=16, devices=devices
-    )
-    cfg = setting.train_config(cfg)
-    cfg.train.update(num_steps=STEPS, checkpoint_every=STEPS)
-    train(cfg, tmp_path / "run", devices=devices)
-    result = setting.probe(cfg, tmp_path / "run")["methods"]
-    true, wrong = result["mtd"]["psnr_pooled"], result["mtd@wrong_ends"]["psnr_pooled"]
-    print(
-        f"held-out stride-4 interpolation after {STEPS} steps: {true:.2f} dB with the true "
-        f"ends, {wrong:.2f} dB with another clip's"
-    )
-    assert true > wrong + 5.0, (true, wrong)
+@pytest.fixture(scope="module")
+def probe_work(tmp_path_factory):
+    """One directory for both slow probes: 16 training episodes, their latent store and
+    8 held-out episodes, rendered and encoded once (Setting.prepare reuses them)."""
+    return tmp_path_factory.mktemp("conditioning")
 
 
-@pytest.mark.slow
-def test_briefly_trained_global_mtd_shows_the_place_its_captions_name(tmp_path):
-    """The recipe's global MTD (level 0: nothing given, one caption per frame), trained
-    briefly: the scenery of its frames is the place their captions name, far above chance
-    (7 places), with each clip's own captions and with another clip's (the same noise)."""
+def _trained(variant: str, work, steps: int):
+    """(setting, config, run) of configs/conditioning.py:`variant` trained `steps` steps on
+    one device (this is about learning; test_mtd pins sharded == unsharded)."""
     from nuwa_jax.evaluate.conditioning import Setting
     from nuwa_jax.train import train
 
     devices = jax.devices()[:1]
-    cfg = conditioning.get_config("recipe")
-    cfg.train.level = 0
-    cfg.diffusion.guidance_scale = 2.0
+    cfg = conditioning.get_config(variant)
     setting = Setting.prepare(
-        cfg, tmp_path, DEMO_BUNDLE, train_episodes=16, held_out_episodes=8, clips=8, devices=devices
+        cfg, work, DEMO_BUNDLE, train_episodes=16, held_out_episodes=8, clips=16, devices=devices
     )
     cfg = setting.train_config(cfg)
-    cfg.train.update(num_steps=GLOBAL_STEPS, checkpoint_every=GLOBAL_STEPS)
-    train(cfg, tmp_path / "run", devices=devices)
-    own = setting.scene_adherence(cfg, tmp_path / "run")
-    other = setting.scene_adherence(cfg, tmp_path / "run", shift=1)
+    cfg.train.update(num_steps=steps, checkpoint_every=steps)
+    run = os.path.join(work, variant.replace(":", "_"))
+    train(cfg, run, devices=devices)
+    return setting, cfg, run
+
+
+@pytest.mark.slow
+def test_briefly_trained_local_mtd_reads_its_given_frames(probe_work):
+    """configs/conditioning.py's recipe, trained briefly: on held-out clips it interpolates
+    far better with the clips' own ends than with another clip's (a model that ignores its
+    given frames scores the same with either), and close to the linear blend of the
+    encoded ends (the paper's recipe, 600 steps: 9 dB below it, docs/models.md)."""
+    setting, cfg, run = _trained("recipe", probe_work, STEPS)
+    result = setting.probe(cfg, run)["methods"]
+    blend = setting.reference(cfg)["methods"]["latent_blend"]["psnr_pooled"]
+    true, wrong = result["mtd"]["psnr_pooled"], result["mtd@wrong_ends"]["psnr_pooled"]
+    print(
+        f"held-out stride-4 interpolation after {STEPS} steps: {true:.2f} dB with the true "
+        f"ends, {wrong:.2f} dB with another clip's, latent blend {blend:.2f} dB"
+    )
+    assert true > wrong + 5.0, (true, wrong)
+    assert true > blend - 3.0, (true, blend)
+
+
+@pytest.mark.slow
+def test_briefly_trained_global_mtd_shows_the_place_its_captions_name(probe_work):
+    """The recipe's global MTD (level 0: nothing given, one caption per frame), trained
+    briefly: the scenery of its frames is the place their captions name, far above chance
+    (7 places), with each clip's own captions and with another clip's (the same noise)."""
+    setting, cfg, run = _trained("recipe:global", probe_work, GLOBAL_STEPS)
+    own = setting.scene_adherence(cfg, run)
+    other = setting.scene_adherence(cfg, run, shift=1)
     print(
         f"scene adherence after {GLOBAL_STEPS} steps: {own:.2f} (own captions), "
         f"{other:.2f} (another clip's)"
     )
-    assert own > 0.6 and other > 0.6, (own, other)
+    assert own > 0.5 and other > 0.5, (own, other)

@@ -20,7 +20,11 @@ PRED = {"epsilon": "epsilon", "v": "v_prediction"}
 
 
 def _config(**over) -> ml_collections.ConfigDict:
+    """tiny's diffusion section; epsilon prediction on SD's schedule (zero terminal SNR off:
+    epsilon cannot sample it)."""
     cfg = common.diffusion_config("tiny")
+    if over.get("prediction") == "epsilon":
+        cfg.zero_terminal_snr = False
     cfg.update(over)
     return cfg
 

@@ -70,16 +70,18 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         return "n/a" if x is None else fmt.format(x)
 
     lines = [
-        "| Method | Frames | Avg-FID ↓ | B-FVD-16 ↓ | Adherence ↑ | Seam ratio (→ 1) | "
-        "Time / video (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| Method | Frames | Avg-FID ↓ | B-FVD-16 ↓ | Scene ↑ | Characters ↑ | Colours ↑ | "
+        "Unnamed colours ↓ | Seam ratio (→ 1) | Time / video (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    three = "{:.3f}"
+    columns = [("avg_fid", "{:.2f}"), ("b_fvd16", "{:.2f}"), ("scene_adherence", three),
+               ("adherence", three), ("colour_presence", three), ("unnamed_colours", three),
+               ("boundary_ratio", three), ("seconds_per_video", "{:.1f}")]  # fmt: skip
     for r in rows:
-        lines.append(
-            f"| {SCHEDULE_NAMES.get(r['schedule'], r['schedule'])} | {r['num_frames']} | "
-            f"{cell(r['avg_fid'])} | {cell(r['b_fvd16'])} | {cell(r['adherence'], '{:.3f}')} | "
-            f"{cell(r['boundary_ratio'], '{:.3f}')} | {cell(r['seconds_per_video'], '{:.1f}')} |"
-        )
+        cells = [SCHEDULE_NAMES.get(r["schedule"], r["schedule"]), str(r["num_frames"])]
+        cells += [cell(r.get(key), fmt) for key, fmt in columns]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -207,6 +209,9 @@ def main(argv: list[str]) -> None:
                 avg_fid=result["avg_fid"].get("value"),
                 b_fvd16=result["b_fvd16"].get("value"),
                 adherence=result["adherence"].get("character_adherence"),
+                scene_adherence=result["adherence"].get("scene_adherence"),
+                colour_presence=result["adherence"].get("colour_presence"),
+                unnamed_colours=result["adherence"].get("unnamed_colours"),
                 boundary_ratio=result["coherence"]["mean"]["pixels"]["boundary_ratio"],
                 reference_boundary_ratio=(
                     result["coherence"].get("reference", {}).get("pixels", {}).get("boundary_ratio")
@@ -217,7 +222,9 @@ def main(argv: list[str]) -> None:
             rows.append(row)
             print(
                 f"N={n:5d} {schedule:>3}: Avg-FID {row['avg_fid']}  B-FVD-16 {row['b_fvd16']}  "
-                f"adherence {row['adherence']}  seams {row['boundary_ratio']}  "
+                f"scene {row['scene_adherence']}  characters {row['adherence']}  "
+                f"colours {row['colour_presence']} / {row['unnamed_colours']}  "
+                f"seams {row['boundary_ratio']}  "
                 f"{row['seconds_per_video']:.1f} s/video",
                 flush=True,
             )

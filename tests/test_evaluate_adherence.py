@@ -40,6 +40,7 @@ def test_ground_truth_frames_adhere_and_other_captions_do_not(episode):
     assert r["frames_with_characters"] > 50 and r["frames"] == 160
     assert r["character_adherence"] == 1.0 and r["character_recall"] == 1.0 and ok.sum() > 50
     assert r["scene_adherence"] == 1.0
+    assert r["colour_presence"] > 0.9 and r["unnamed_colours"] == 0.0
     # Slight blur (Gaussian, sigma 0.5 px) and colour noise: still found.
     noisy = _blur(frames, 0.5).astype(int) + np.random.default_rng(0).integers(-8, 9, frames.shape)
     blurred = adherence.AdherenceMeter(64)
@@ -51,6 +52,7 @@ def test_ground_truth_frames_adhere_and_other_captions_do_not(episode):
     wrong.update(frames, other.captions)
     assert wrong.result()["character_adherence"] < 0.2 < r["character_adherence"]
     assert wrong.result()["scene_adherence"] < 0.5
+    assert wrong.result()["colour_presence"] < 0.5 < wrong.result()["unnamed_colours"]
 
 
 def _frame_with(character, resolution=64, x=30):

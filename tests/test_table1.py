@@ -41,6 +41,7 @@ def test_table1_generates_evaluates_and_fills_the_markdown(tmp_path):
     assert rows == [("dod", 4), ("ar", 4), ("dod", 10), ("ar", 10)]
     for r in result["rows"]:
         assert r["seconds_per_video"] > 0 and 0 <= r["adherence"] <= 1
+        assert 0 <= r["scene_adherence"] <= 1
         assert r["avg_fid"] is None  # no feature weights given
         report = json.loads(open(r["report"]).read())
         assert len(report["coherence"]["per_video"]) == 2

@@ -37,7 +37,12 @@ capped at 60 (characters cover a minority of pixels); the nearest scene is the o
 Metrics (`AdherenceMeter.result`): character_adherence = share of frames naming >= 1
 character in which ALL named characters are found (the headline); character_recall =
 found / named over all named characters; scene_adherence = share of frames whose
-caption names a known place and whose scenery is that place. Captions outside the
+caption names a known place and whose scenery is that place. Colours, which a model
+draws before it draws shapes: colour_presence = share of the (frame, named colour) pairs
+whose colour covers >= `colour_min_pixels` (scaled from 32 px by area) pixels;
+unnamed_colours = share of the frames with a parsed caption that show a palette colour
+the caption names no character of. Colours of the named scene's own scenery (black in
+the city and the cave) are not counted either way. Captions outside the
 grammar name nothing and are counted in `frames_unparsed`. Actions are not checked
 (one frame does not show them; the clip feature network does).
 """
@@ -79,6 +84,7 @@ class DetectorConfig:
     band: int = 1
     min_visible: float = 0.3
     max_detections: int = 6  # per colour and frame
+    colour_min_pixels: float = 3.0  # at 32 px (a small star shows 6); scales with the area
 
 
 class CharacterDetector:
@@ -199,6 +205,10 @@ class SceneClassifier:
                 backgrounds.append(synthetic.render_background(scene, resolution, variant))
         self.names = names
         self.backgrounds = self._pool(np.stack(backgrounds))
+        # (8, H, W, 3) uint8 per scene, unpooled: the scenery colours of AdherenceMeter.
+        self.variants = {
+            n: np.stack(backgrounds[8 * k : 8 * k + 8]) for k, n in enumerate(names[::8])
+        }
 
     def _pool(self, x: np.ndarray) -> np.ndarray:
         f, n = self.factor, self.resolution // self.factor
@@ -226,6 +236,19 @@ class AdherenceMeter:
         self.frames = self.unparsed = 0
         self.with_chars = self.all_found = self.named = self.found = 0
         self.with_scene = self.scene_ok = 0
+        self.colours_named = self.colours_shown = self.colour_frames = self.unnamed_frames = 0
+        detector = self.detector
+        self.min_pixels = config.colour_min_pixels * (resolution / 32) ** 2
+        # Palette colours each scene's own scenery shows (any variant), and any scene's.
+        self.scene_colours = {
+            scene: {
+                c
+                for c, i in detector.colour_index.items()
+                if (detector.colour_labels(b) == i).sum(axis=(1, 2)).max() >= self.min_pixels
+            }
+            for scene, b in self.scenes.variants.items()
+        }
+        self.any_scene_colours = set().union(*self.scene_colours.values())
 
     def update(self, frames: np.ndarray, captions: Sequence[str]) -> np.ndarray:
         """Adds a batch; returns per frame whether all named characters were found."""
@@ -246,6 +269,7 @@ class AdherenceMeter:
                 for k, c in enumerate(parsed[i][0]):
                     if c.colour == colour and (c.shape, c.size) in labels:
                         found[i][k] = True
+        self._count_colours(colour_map if colours else self.detector.colour_labels(frames), parsed)
         named_scene = [(i, s) for i, (_, s) in enumerate(parsed) if s is not None]
         shown = self.scenes.classify(frames[[i for i, _ in named_scene]]) if named_scene else []
         self.frames += len(frames)
@@ -261,12 +285,29 @@ class AdherenceMeter:
                 self.found += sum(f)
         return ok
 
+    def _count_colours(self, labels: np.ndarray, parsed: list) -> None:
+        """colour_presence / unnamed_colours counts of one batch (`colour_labels` maps)."""
+        index = self.detector.colour_index
+        counts = np.stack([(labels == i).sum(axis=(1, 2)) for i in index.values()], axis=1)
+        for frame, (chars, scene) in zip(counts, parsed):
+            if not chars and scene is None:
+                continue  # outside the grammar
+            scenery = self.scene_colours[scene] if scene else self.any_scene_colours
+            shown = {c for c, i in index.items() if frame[i] >= self.min_pixels} - scenery
+            named = {c.colour for c in chars} - scenery
+            self.colours_named += len(named)
+            self.colours_shown += len(named & shown)
+            self.colour_frames += 1
+            self.unnamed_frames += bool(shown - named)
+
     def result(self) -> dict[str, Any]:
         share = lambda a, b: a / b if b else None  # noqa: E731
         return dict(
             character_adherence=share(self.all_found, self.with_chars),
             character_recall=share(self.found, self.named),
             scene_adherence=share(self.scene_ok, self.with_scene),
+            colour_presence=share(self.colours_shown, self.colours_named),
+            unnamed_colours=share(self.unnamed_frames, self.colour_frames),
             frames=self.frames,
             frames_with_characters=self.with_chars,
             characters_named=self.named,

@@ -13,7 +13,9 @@ hierarchy bundle's weights of the networks it trains (continuing a shipped bundl
 An 'mtd' run first checks that text.max_length holds every caption of its store whole
 (`check_text_context`: refused otherwise, unless text.allow_truncation, which counts and
 reports the cut captions in text_context.json).
-A rerun in the same workdir resumes from the newest checkpoint;
+A workdir belongs to one run (process 0 holds workdir/train.lock, `workdir_lock`: a second
+live trainer on it is refused, naming the holder). A rerun in the same workdir resumes
+from the newest checkpoint;
 SIGTERM saves at the next step boundary and exits 0; a NaN / Inf loss or gradient
 (checked at each log, checkpoint and sample step, the only steps where the host waits for
 the device) stops the run with an error naming the step, leaving the last good
@@ -58,7 +60,7 @@ from nuwa_jax.models.mardini import MarDini
 from nuwa_jax.models.mtd import MTD
 from nuwa_jax.models.text import TextEncoder, make_tokenizer
 from nuwa_jax.train import checkpoint as ckpt
-from nuwa_jax.train import curriculum, losses, metric_log, samples
+from nuwa_jax.train import curriculum, losses, metric_log, samples, workdir_lock
 from nuwa_jax.train import state as state_lib
 
 MODELS = ("vae", "mtd", "mardini")
@@ -653,18 +655,27 @@ def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = No
           devices: Sequence[jax.Device] | None = None):  # fmt: skip
     """Trains until train.num_steps (or `max_steps`, or SIGTERM); returns the TrainState.
 
-    Resumes from the newest checkpoint in workdir/checkpoints if there is one; otherwise
-    starts from the params of train.init_from's newest checkpoint when it is set.
+    Resumes from the newest checkpoint in workdir/checkpoints if there is one;
+    otherwise starts from the params of train.init_from's newest checkpoint when it is set.
+    The workdir is held by process 0 (workdir_lock: a second live run on it is refused).
     `devices`: the mesh's devices (default: all; a subset for tools and tests).
     """
+    config = curriculum.resolve(config)  # 'mardini': the stage's steps and clip length
+    check_config(config)
+    workdir = os.path.abspath(os.fspath(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    # One run per workdir: process 0 holds workdir/train.lock until the run ends.
+    with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
+        return _train(config, workdir, max_steps, devices)
+
+
+def _train(config: Any, workdir: str, max_steps: int | None,
+           devices: Sequence[jax.Device] | None) -> state_lib.TrainState:  # fmt: skip
+    """The body of `train`, run while the workdir's lock is held."""
     # -----------------------------------------------------------------------------------
     # Config, mesh, data.
     # -----------------------------------------------------------------------------------
-    config = curriculum.resolve(config)  # 'mardini': the stage's steps and clip length
-    check_config(config)
     t = config.train
-    workdir = os.path.abspath(os.fspath(workdir))
-    os.makedirs(workdir, exist_ok=True)
     stop_at = t.num_steps if max_steps is None else min(int(max_steps), t.num_steps)
     mesh = parallel.make_mesh(config.mesh, devices)
     rules = parallel.logical_rules(config)

@@ -1,0 +1,79 @@
+"""One run per workdir (train.lock)."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from nuwa_jax.train import workdir_lock
+from nuwa_jax.train.workdir_lock import LOCK_FILE, WorkdirLock, WorkdirLockedError
+
+
+# -----------------------------------------------------------------------------------------
+# The lock.
+# -----------------------------------------------------------------------------------------
+def test_held_lock_refuses_a_second_holder_naming_the_first(tmp_path):
+    first = WorkdirLock(tmp_path)
+    first.acquire()
+    path = str(tmp_path / LOCK_FILE)
+    assert json.loads(open(path).read())["pid"] == os.getpid()
+    with pytest.raises(WorkdirLockedError) as err:
+        WorkdirLock(tmp_path).acquire()
+    message = str(err.value)
+    for part in (f"pid {os.getpid()}", first.holder["host"], first.holder["started"], path):
+        assert part in message, message
+    first.release()
+    assert not os.path.exists(path)
+    with WorkdirLock(tmp_path) as again:  # free once released
+        assert again.held
+
+
+def test_lock_held_by_another_live_process_is_refused(tmp_path):
+    """flock across processes: a live holder in another process refuses this one."""
+    script = (
+        "import sys; from nuwa_jax.train.workdir_lock import WorkdirLock; "
+        f"WorkdirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(WorkdirLockedError, match=f"pid {holder.pid} on "):
+            WorkdirLock(tmp_path).acquire()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    with WorkdirLock(tmp_path):  # released when the holder exited
+        pass
+
+
+def test_dead_holders_lock_is_taken_over_with_a_warning(tmp_path, caplog):
+    """A lock file whose holder died (no flock on it) is taken over, naming the old holder."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    old = dict(pid=int(dead.stdout), host="gone-host", started="2026-01-01T00:00:00+00:00")
+    (tmp_path / LOCK_FILE).write_text(json.dumps(old))
+    with caplog.at_level(logging.WARNING), WorkdirLock(tmp_path) as lock:
+        assert lock.held and lock.holder["pid"] == os.getpid()
+        on_disk = json.loads((tmp_path / LOCK_FILE).read_text())
+        assert on_disk["pid"] == os.getpid()
+    warned = [r.getMessage() for r in caplog.records if "taking over" in r.getMessage()]
+    assert warned and f"pid {old['pid']} on gone-host" in warned[0], caplog.text
+
+
+def test_hold_releases_on_exceptions_and_only_process_0_holds(tmp_path):
+    with pytest.raises(KeyError):
+        with workdir_lock.hold(tmp_path):
+            assert (tmp_path / LOCK_FILE).exists()
+            raise KeyError("boom")
+    assert not (tmp_path / LOCK_FILE).exists()
+    with workdir_lock.hold(tmp_path), workdir_lock.hold(tmp_path, enabled=False) as other:
+        assert other is None  # another process of the same run: no contention

@@ -1,4 +1,4 @@
-"""One run per workdir (train.lock)."""
+"""One run per workdir (train.lock), and refused config changes on resume."""
 
 import json
 import logging
@@ -7,7 +7,10 @@ import subprocess
 import sys
 
 import pytest
+from trainer_setup import tiny_config
 
+from nuwa_jax.hierarchy import bundle
+from nuwa_jax.train import trainer as trainer_lib
 from nuwa_jax.train import workdir_lock
 from nuwa_jax.train.workdir_lock import LOCK_FILE, WorkdirLock, WorkdirLockedError
 
@@ -77,3 +80,35 @@ def test_hold_releases_on_exceptions_and_only_process_0_holds(tmp_path):
     assert not (tmp_path / LOCK_FILE).exists()
     with workdir_lock.hold(tmp_path), workdir_lock.hold(tmp_path, enabled=False) as other:
         assert other is None  # another process of the same run: no contention
+
+
+# -----------------------------------------------------------------------------------------
+# The trainer.
+# -----------------------------------------------------------------------------------------
+def test_resume_fields_and_the_allow_flag(tmp_path, caplog):
+    """Which fields matter per model, and train.allow_config_change, without training."""
+    cfg = tiny_config(str(tmp_path), "mtd")
+    saved = bundle.config_to_dict(cfg)
+    fields = trainer_lib.resume_fields(cfg, saved)
+    want = ("train.model", "train.level", "data.resolution", "diffusion.prediction")
+    want += ("mtd.block_out_channels", "hierarchy.frames_per_call", "vae.latent_channels")
+    for f in want:
+        assert f in fields, f
+    for f in ("train.num_steps", "train.log_every", "data.data_dir", "data.worker_count"):
+        assert f not in fields, f
+    vae_fields = trainer_lib.resume_fields(tiny_config(str(tmp_path)), saved)
+    assert "vae.block_out_channels" in vae_fields and "mtd.block_out_channels" not in vae_fields
+
+    trainer_lib.check_resume_config(cfg, saved, 7, "run")  # the same config resumes
+    changed = tiny_config(str(tmp_path), "mtd")
+    changed.train.level = 1
+    changed.diffusion.prediction = "epsilon" if cfg.diffusion.prediction == "v" else "v"
+    with pytest.raises(
+        bundle.ConfigMismatchError,
+        match="(?s)run: resuming step 7 .*train.level: config 1, saved 0",
+    ):
+        trainer_lib.check_resume_config(changed, saved, 7, "run")
+    changed.train.allow_config_change = True
+    with caplog.at_level(logging.WARNING):
+        trainer_lib.check_resume_config(changed, saved, 7, "run")
+    assert "diffusion.prediction" in caplog.text and "train.level" in caplog.text

@@ -15,7 +15,8 @@ An 'mtd' run first checks that text.max_length holds every caption of its store 
 reports the cut captions in text_context.json).
 A workdir belongs to one run (process 0 holds workdir/train.lock, `workdir_lock`: a second
 live trainer on it is refused, naming the holder). A rerun in the same workdir resumes
-from the newest checkpoint;
+from the newest checkpoint (refused when the config differs from the saved one in a field
+that matters, `resume_fields`, unless train.allow_config_change);
 SIGTERM saves at the next step boundary and exits 0; a NaN / Inf loss or gradient
 (checked at each log, checkpoint and sample step, the only steps where the host waits for
 the device) stops the run with an error naming the step, leaving the last good
@@ -603,6 +604,52 @@ def _init_from_bundle(config: Any, modules: dict[str, Any]) -> dict[str, Any]:
     return dict(bundle=manifest["weights_path"], sha256=manifest["sha256"], components=components)
 
 
+# What each train.model's saved weights and data fix besides its networks' architecture
+# fields (bundle.component_fields): resuming with other values trains another thing.
+RESUME_FIELDS: dict[str, tuple[str, ...]] = {
+    "vae": ("train.model", "data.resolution", "hierarchy.frames_per_call"),
+    "mtd": ("train.model", "train.level", "data.resolution"),
+    "mardini": ("train.model", "train.mardini_stage", "mardini.num_frames", "data.resolution"),
+}
+# The networks whose fields a run of each train.model depends on (trained and frozen).
+RESUME_COMPONENTS = {"vae": ("vae",), "mtd": ("mtd", "text"), "mardini": ("mardini",)}
+
+
+def resume_fields(config: Any, saved: dict[str, Any]) -> list[str]:
+    """The dotted config fields a resumed run must share with its saved config: the
+    architecture of the networks it trains and reads (bundle.component_fields: a frozen VAE
+    included, the latent scale, the diffusion recipe), the model kind, the level or stage
+    and the frames it trains on. Not step counts, frequencies, paths or worker counts."""
+    from nuwa_jax.hierarchy import bundle
+
+    model = config.train.model
+    ours = bundle.config_to_dict(config)
+    fields = bundle.component_fields(RESUME_COMPONENTS[model], ours, saved)
+    return fields + [f for f in RESUME_FIELDS[model] if f not in fields]
+
+
+def check_resume_config(config: Any, saved: dict[str, Any], step: int, source: str) -> None:
+    """Refuses to resume step `step` of the run in `source` (its checkpoints) with a config
+    that differs from the one that step saved, `saved`, in a field that matters
+    (`resume_fields`), naming each field with the config's and the saved value;
+    train.allow_config_change logs them instead."""
+    from nuwa_jax.hierarchy import bundle
+
+    diff = bundle.differing_fields(config, saved, resume_fields(config, saved))
+    if not diff:
+        return
+    lines = "".join(f"\n  {f}: config {a!r}, saved {b!r}" for f, a, b in diff)
+    where = f"{source}: resuming step {step} with a config that differs from the run's at"
+    names = ", ".join(f for f, _, _ in diff)
+    if config.train.get("allow_config_change", False):
+        logging.warning("%s %s (train.allow_config_change=True):%s", where, names, lines)
+        return
+    raise bundle.ConfigMismatchError(
+        f"{where} {names}:{lines}\n(set train.allow_config_change=True to resume anyway, "
+        "or start the new config in a fresh workdir)"
+    )
+
+
 def _write_jsonl(path: str, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -655,7 +702,9 @@ def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = No
           devices: Sequence[jax.Device] | None = None):  # fmt: skip
     """Trains until train.num_steps (or `max_steps`, or SIGTERM); returns the TrainState.
 
-    Resumes from the newest checkpoint in workdir/checkpoints if there is one;
+    Resumes from the newest checkpoint in workdir/checkpoints if there is one (refused when
+    the config differs from the saved one in `resume_fields`, unless
+    train.allow_config_change);
     otherwise starts from the params of train.init_from's newest checkpoint when it is set.
     The workdir is held by process 0 (workdir_lock: a second live run on it is refused).
     `devices`: the mesh's devices (default: all; a subset for tools and tests).
@@ -706,6 +755,12 @@ def _train(config: Any, workdir: str, max_steps: int | None,
     checkpointer = ckpt.Checkpointer(workdir, t)
     latest = checkpointer.latest_step()
     if latest is not None:
+        try:
+            saved = checkpointer.restore_config(latest)
+            check_resume_config(config, saved, latest, checkpointer.directory)
+        except BaseException:
+            checkpointer.close()
+            raise
         abstract = ckpt.abstract_like(state, train_step.state_shardings)
         del state
         state = checkpointer.restore(latest, abstract, iterator)

@@ -1,4 +1,5 @@
-"""One run per workdir (train.lock), and refused config changes on resume."""
+"""One run per workdir (train.lock), refused config changes on resume, and metrics.jsonl
+without repeated steps after a crash and resume."""
 
 import json
 import logging
@@ -7,12 +8,23 @@ import subprocess
 import sys
 
 import pytest
+import trainer_setup
 from trainer_setup import tiny_config
 
 from nuwa_jax.hierarchy import bundle
+from nuwa_jax.train import Checkpointer, train, workdir_lock
 from nuwa_jax.train import trainer as trainer_lib
-from nuwa_jax.train import workdir_lock
 from nuwa_jax.train.workdir_lock import LOCK_FILE, WorkdirLock, WorkdirLockedError
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return trainer_setup.render_data(tmp_path_factory.mktemp("lock_data"))
+
+
+def steps(workdir) -> list[int]:
+    with open(os.path.join(workdir, trainer_lib.METRICS_FILE)) as f:
+        return [json.loads(line)["step"] for line in f]
 
 
 # -----------------------------------------------------------------------------------------
@@ -83,11 +95,61 @@ def test_hold_releases_on_exceptions_and_only_process_0_holds(tmp_path):
 
 
 # -----------------------------------------------------------------------------------------
+# metrics.jsonl after a crash.
+# -----------------------------------------------------------------------------------------
+def test_truncate_metrics_drops_lines_past_the_step(tmp_path):
+    path = str(tmp_path / trainer_lib.METRICS_FILE)
+    lines = [json.dumps({"step": s, "loss": 1.0}) for s in (1, 2, 3, 4)]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + '\n{"step": 5, "lo')  # the crash cut the last line
+    assert trainer_lib.truncate_metrics(path, 2) == 3
+    assert [json.loads(x)["step"] for x in open(path)] == [1, 2]
+    assert trainer_lib.truncate_metrics(path, 2) == 0
+    assert trainer_lib.truncate_metrics(str(tmp_path / "none.jsonl"), 0) == 0
+
+
+# -----------------------------------------------------------------------------------------
 # The trainer.
 # -----------------------------------------------------------------------------------------
-def test_resume_fields_and_the_allow_flag(tmp_path, caplog):
+def test_trainer_holds_the_lock_refuses_config_changes_and_keeps_one_line_per_step(
+    data_dir, cache_dir, tmp_path
+):
+    cfg = tiny_config(data_dir)
+    cfg.train.checkpoint_every = 2
+    run = tmp_path / "run"
+    with WorkdirLock(run):  # a live trainer holds the workdir
+        with pytest.raises(WorkdirLockedError, match=f"pid {os.getpid()}"):
+            train(cfg, run, max_steps=2)
+    assert not (run / "checkpoints").exists()
+
+    train(cfg, run, max_steps=3)  # checkpoints at 2 and 3
+    assert not (run / LOCK_FILE).exists()  # released at the end
+    # A crash after step 3's checkpoint: steps 4 and 5 logged, never saved.
+    with open(run / trainer_lib.METRICS_FILE, "a") as f:
+        for s in (4, 5):
+            f.write(json.dumps({"step": s, "loss": 0.0}) + "\n")
+
+    changed = tiny_config(data_dir)
+    changed.vae.block_out_channels = (8, 8, 16)
+    changed.train.num_steps = 80  # never matters
+    with pytest.raises(bundle.ConfigMismatchError) as err:
+        train(changed, run, max_steps=4)
+    for part in (str(run), "step 3", "vae.block_out_channels: config [8, 8, 16], saved [8, 8, 8]",
+                 "train.allow_config_change"):  # fmt: skip
+        assert part in str(err.value), str(err.value)
+    assert "num_steps" not in str(err.value)
+    assert not (run / LOCK_FILE).exists()  # released on the error
+
+    cfg.train.log_every = 5  # frequencies may change
+    state = train(cfg, run, max_steps=5)
+    assert int(state.step) == 5
+    assert steps(run) == [1, 2, 3, 5]  # 4 and 5 of the crashed run dropped, 5 logged again
+    assert Checkpointer(run, cfg.train).latest_step() == 5
+
+
+def test_resume_fields_and_the_allow_flag(data_dir, caplog):
     """Which fields matter per model, and train.allow_config_change, without training."""
-    cfg = tiny_config(str(tmp_path), "mtd")
+    cfg = tiny_config(data_dir, "mtd")
     saved = bundle.config_to_dict(cfg)
     fields = trainer_lib.resume_fields(cfg, saved)
     want = ("train.model", "train.level", "data.resolution", "diffusion.prediction")
@@ -96,11 +158,11 @@ def test_resume_fields_and_the_allow_flag(tmp_path, caplog):
         assert f in fields, f
     for f in ("train.num_steps", "train.log_every", "data.data_dir", "data.worker_count"):
         assert f not in fields, f
-    vae_fields = trainer_lib.resume_fields(tiny_config(str(tmp_path)), saved)
+    vae_fields = trainer_lib.resume_fields(tiny_config(data_dir), saved)
     assert "vae.block_out_channels" in vae_fields and "mtd.block_out_channels" not in vae_fields
 
     trainer_lib.check_resume_config(cfg, saved, 7, "run")  # the same config resumes
-    changed = tiny_config(str(tmp_path), "mtd")
+    changed = tiny_config(data_dir, "mtd")
     changed.train.level = 1
     changed.diffusion.prediction = "epsilon" if cfg.diffusion.prediction == "v" else "v"
     with pytest.raises(

@@ -16,7 +16,8 @@ reports the cut captions in text_context.json).
 A workdir belongs to one run (process 0 holds workdir/train.lock, `workdir_lock`: a second
 live trainer on it is refused, naming the holder). A rerun in the same workdir resumes
 from the newest checkpoint (refused when the config differs from the saved one in a field
-that matters, `resume_fields`, unless train.allow_config_change);
+that matters, `resume_fields`, unless train.allow_config_change; metrics.jsonl loses the
+lines past the resumed step, so it never repeats a step);
 SIGTERM saves at the next step boundary and exits 0; a NaN / Inf loss or gradient
 (checked at each log, checkpoint and sample step, the only steps where the host waits for
 the device) stops the run with an error naming the step, leaving the last good
@@ -650,6 +651,31 @@ def check_resume_config(config: Any, saved: dict[str, Any], step: int, source: s
     )
 
 
+def truncate_metrics(path: str, step: int) -> int:
+    """Drops the lines of metrics.jsonl at `path` past `step` (the step a run resumes
+    from: a crashed run logged them after its last checkpoint, and trains those steps
+    again), rewriting the file atomically, so no step is logged twice. Lines that are not
+    JSON records (a write cut short by the crash) go too. Returns the lines dropped."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb") as f:
+        data = f.read()
+    kept = []
+    for line in data.splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                kept.append(line + b"\n")
+        except (ValueError, TypeError, KeyError):
+            pass
+    dropped = len(data.splitlines()) - len(kept)
+    if b"".join(kept) != data:  # lines dropped, or a last line without its newline
+        schema.atomic_write_bytes(path, b"".join(kept))
+    if dropped:
+        logging.warning("%s: dropped %d line(s) past step %d, the step the run resumes from",
+                        path, dropped, step)  # fmt: skip
+    return dropped
+
+
 def _write_jsonl(path: str, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -704,7 +730,7 @@ def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = No
 
     Resumes from the newest checkpoint in workdir/checkpoints if there is one (refused when
     the config differs from the saved one in `resume_fields`, unless
-    train.allow_config_change);
+    train.allow_config_change; metrics.jsonl loses its lines past the resumed step);
     otherwise starts from the params of train.init_from's newest checkpoint when it is set.
     The workdir is held by process 0 (workdir_lock: a second live run on it is refused).
     `devices`: the mesh's devices (default: all; a subset for tools and tests).
@@ -775,6 +801,8 @@ def _train(config: Any, workdir: str, max_steps: int | None,
     lead = jax.process_index() == 0
     writer, progress = metric_log.create(workdir, lead, t.num_steps)
     jsonl = os.path.join(workdir, METRICS_FILE)
+    if lead:  # lines a crashed run wrote after its last checkpoint are trained again
+        truncate_metrics(jsonl, step)
     if step == 0 and lead:
         writer.write_hparams({k: v for k, v in config.train.items() if not isinstance(v, dict)})
     profile = None

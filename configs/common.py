@@ -405,6 +405,12 @@ def train_config(preset: str) -> ml_collections.ConfigDict:
             log_every={"tiny": 1}.get(preset, 50),  # steps between scalar writes
             checkpoint_every={"tiny": 50, "demo": 250}.get(preset, 5000),
             keep_checkpoints=3,  # the newest n are kept
+            # Resuming a workdir with a config that differs from its checkpoint's in a field
+            # that matters (architecture, train.model, level / stage, diffusion recipe,
+            # resolution, frames: trainer.resume_fields) is refused, naming the fields;
+            # True resumes anyway and logs them. Step counts, frequencies, paths and worker
+            # counts may always change (a longer num_steps is the normal resume).
+            allow_config_change=False,
             async_checkpointing=True,
             # orbax's replica-parallel saving of replicated arrays (process-wide switch;
             # False saves each array from one replica: far fewer compiles on CPU tests).

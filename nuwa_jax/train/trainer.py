@@ -13,7 +13,11 @@ hierarchy bundle's weights of the networks it trains (continuing a shipped bundl
 An 'mtd' run first checks that text.max_length holds every caption of its store whole
 (`check_text_context`: refused otherwise, unless text.allow_truncation, which counts and
 reports the cut captions in text_context.json).
-A rerun in the same workdir resumes from the newest checkpoint;
+A workdir belongs to one run (process 0 holds workdir/train.lock, `workdir_lock`: a second
+live trainer on it is refused, naming the holder). A rerun in the same workdir resumes
+from the newest checkpoint (refused when the config differs from the saved one in a field
+that matters, `resume_fields`, unless train.allow_config_change; metrics.jsonl loses the
+lines past the resumed step, so it never repeats a step);
 SIGTERM saves at the next step boundary and exits 0; a NaN / Inf loss or gradient
 (checked at each log, checkpoint and sample step, the only steps where the host waits for
 the device) stops the run with an error naming the step, leaving the last good
@@ -58,7 +62,7 @@ from nuwa_jax.models.mardini import MarDini
 from nuwa_jax.models.mtd import MTD
 from nuwa_jax.models.text import TextEncoder, make_tokenizer
 from nuwa_jax.train import checkpoint as ckpt
-from nuwa_jax.train import curriculum, losses, metric_log, samples
+from nuwa_jax.train import curriculum, losses, metric_log, samples, workdir_lock
 from nuwa_jax.train import state as state_lib
 
 MODELS = ("vae", "mtd", "mardini")
@@ -601,6 +605,77 @@ def _init_from_bundle(config: Any, modules: dict[str, Any]) -> dict[str, Any]:
     return dict(bundle=manifest["weights_path"], sha256=manifest["sha256"], components=components)
 
 
+# What each train.model's saved weights and data fix besides its networks' architecture
+# fields (bundle.component_fields): resuming with other values trains another thing.
+RESUME_FIELDS: dict[str, tuple[str, ...]] = {
+    "vae": ("train.model", "data.resolution", "hierarchy.frames_per_call"),
+    "mtd": ("train.model", "train.level", "data.resolution"),
+    "mardini": ("train.model", "train.mardini_stage", "mardini.num_frames", "data.resolution"),
+}
+# The networks whose fields a run of each train.model depends on (trained and frozen).
+RESUME_COMPONENTS = {"vae": ("vae",), "mtd": ("mtd", "text"), "mardini": ("mardini",)}
+
+
+def resume_fields(config: Any, saved: dict[str, Any]) -> list[str]:
+    """The dotted config fields a resumed run must share with its saved config: the
+    architecture of the networks it trains and reads (bundle.component_fields: a frozen VAE
+    included, the latent scale, the diffusion recipe), the model kind, the level or stage
+    and the frames it trains on. Not step counts, frequencies, paths or worker counts."""
+    from nuwa_jax.hierarchy import bundle
+
+    model = config.train.model
+    ours = bundle.config_to_dict(config)
+    fields = bundle.component_fields(RESUME_COMPONENTS[model], ours, saved)
+    return fields + [f for f in RESUME_FIELDS[model] if f not in fields]
+
+
+def check_resume_config(config: Any, saved: dict[str, Any], step: int, source: str) -> None:
+    """Refuses to resume step `step` of the run in `source` (its checkpoints) with a config
+    that differs from the one that step saved, `saved`, in a field that matters
+    (`resume_fields`), naming each field with the config's and the saved value;
+    train.allow_config_change logs them instead."""
+    from nuwa_jax.hierarchy import bundle
+
+    diff = bundle.differing_fields(config, saved, resume_fields(config, saved))
+    if not diff:
+        return
+    lines = "".join(f"\n  {f}: config {a!r}, saved {b!r}" for f, a, b in diff)
+    where = f"{source}: resuming step {step} with a config that differs from the run's at"
+    names = ", ".join(f for f, _, _ in diff)
+    if config.train.get("allow_config_change", False):
+        logging.warning("%s %s (train.allow_config_change=True):%s", where, names, lines)
+        return
+    raise bundle.ConfigMismatchError(
+        f"{where} {names}:{lines}\n(set train.allow_config_change=True to resume anyway, "
+        "or start the new config in a fresh workdir)"
+    )
+
+
+def truncate_metrics(path: str, step: int) -> int:
+    """Drops the lines of metrics.jsonl at `path` past `step` (the step a run resumes
+    from: a crashed run logged them after its last checkpoint, and trains those steps
+    again), rewriting the file atomically, so no step is logged twice. Lines that are not
+    JSON records (a write cut short by the crash) go too. Returns the lines dropped."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb") as f:
+        data = f.read()
+    kept = []
+    for line in data.splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                kept.append(line + b"\n")
+        except (ValueError, TypeError, KeyError):
+            pass
+    dropped = len(data.splitlines()) - len(kept)
+    if b"".join(kept) != data:  # lines dropped, or a last line without its newline
+        schema.atomic_write_bytes(path, b"".join(kept))
+    if dropped:
+        logging.warning("%s: dropped %d line(s) past step %d, the step the run resumes from",
+                        path, dropped, step)  # fmt: skip
+    return dropped
+
+
 def _write_jsonl(path: str, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -653,18 +728,29 @@ def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = No
           devices: Sequence[jax.Device] | None = None):  # fmt: skip
     """Trains until train.num_steps (or `max_steps`, or SIGTERM); returns the TrainState.
 
-    Resumes from the newest checkpoint in workdir/checkpoints if there is one; otherwise
-    starts from the params of train.init_from's newest checkpoint when it is set.
+    Resumes from the newest checkpoint in workdir/checkpoints if there is one (refused when
+    the config differs from the saved one in `resume_fields`, unless
+    train.allow_config_change; metrics.jsonl loses its lines past the resumed step);
+    otherwise starts from the params of train.init_from's newest checkpoint when it is set.
+    The workdir is held by process 0 (workdir_lock: a second live run on it is refused).
     `devices`: the mesh's devices (default: all; a subset for tools and tests).
     """
+    config = curriculum.resolve(config)  # 'mardini': the stage's steps and clip length
+    check_config(config)
+    workdir = os.path.abspath(os.fspath(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    # One run per workdir: process 0 holds workdir/train.lock until the run ends.
+    with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
+        return _train(config, workdir, max_steps, devices)
+
+
+def _train(config: Any, workdir: str, max_steps: int | None,
+           devices: Sequence[jax.Device] | None) -> state_lib.TrainState:  # fmt: skip
+    """The body of `train`, run while the workdir's lock is held."""
     # -----------------------------------------------------------------------------------
     # Config, mesh, data.
     # -----------------------------------------------------------------------------------
-    config = curriculum.resolve(config)  # 'mardini': the stage's steps and clip length
-    check_config(config)
     t = config.train
-    workdir = os.path.abspath(os.fspath(workdir))
-    os.makedirs(workdir, exist_ok=True)
     stop_at = t.num_steps if max_steps is None else min(int(max_steps), t.num_steps)
     mesh = parallel.make_mesh(config.mesh, devices)
     rules = parallel.logical_rules(config)
@@ -695,6 +781,12 @@ def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = No
     checkpointer = ckpt.Checkpointer(workdir, t)
     latest = checkpointer.latest_step()
     if latest is not None:
+        try:
+            saved = checkpointer.restore_config(latest)
+            check_resume_config(config, saved, latest, checkpointer.directory)
+        except BaseException:
+            checkpointer.close()
+            raise
         abstract = ckpt.abstract_like(state, train_step.state_shardings)
         del state
         state = checkpointer.restore(latest, abstract, iterator)
@@ -709,6 +801,8 @@ def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = No
     lead = jax.process_index() == 0
     writer, progress = metric_log.create(workdir, lead, t.num_steps)
     jsonl = os.path.join(workdir, METRICS_FILE)
+    if lead:  # lines a crashed run wrote after its last checkpoint are trained again
+        truncate_metrics(jsonl, step)
     if step == 0 and lead:
         writer.write_hparams({k: v for k, v in config.train.items() if not isinstance(v, dict)})
     profile = None

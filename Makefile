@@ -39,11 +39,12 @@ table1: venv
 # Line 2 of the README: lint, format check and the whole test suite (8 simulated devices).
 # Two pytest workers (pytest-xdist), a test file per worker so module fixtures are shared:
 # most test time is single-threaded XLA:CPU compilation, so two cores take two at a time.
+# --durations: the 30 slowest tests, so every CI log says where the time goes.
 TEST_WORKERS ?= 2
 test: venv-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=30
 
 lint: venv-dev
 	$(BIN)/ruff check .

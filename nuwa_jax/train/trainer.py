@@ -51,6 +51,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from nuwa_jax import diffusion, parallel
 from nuwa_jax.data import captions, pipeline, schema, synthetic
+from nuwa_jax.hierarchy import bundle
 from nuwa_jax.hierarchy.models import (
     MARDINI_SEED_OFFSET,
     check_hierarchy,
@@ -489,8 +490,6 @@ def synthetic_batch(config: Any, mesh, rules, tokenizer: Callable, seed: int = 0
 def is_bundle(path: str | os.PathLike) -> bool:
     """Whether train.init_from names a hierarchy bundle (its .json, .safetensors or stem)
     rather than a trainer workdir."""
-    from nuwa_jax.hierarchy import bundle
-
     path = os.fspath(path)
     if path.endswith((bundle.MANIFEST_SUFFIX, bundle.WEIGHTS_SUFFIX)):
         return True
@@ -570,8 +569,6 @@ def init_from(
 def _init_from_bundle(config: Any, modules: dict[str, Any]) -> dict[str, Any]:
     """Writes the bundle components of the run's trained `modules` into them; returns the
     INIT_FROM_FILE record."""
-    from nuwa_jax.hierarchy import bundle
-
     manifest, tensors = bundle.read_bundle(config.train.init_from)
     layout = manifest["text_layout"]
     names = {m: bundle.component_name(config, m, layout) for m in modules if m != "discriminator"}
@@ -621,8 +618,6 @@ def resume_fields(config: Any, saved: dict[str, Any]) -> list[str]:
     architecture of the networks it trains and reads (bundle.component_fields: a frozen VAE
     included, the latent scale, the diffusion recipe), the model kind, the level or stage
     and the frames it trains on. Not step counts, frequencies, paths or worker counts."""
-    from nuwa_jax.hierarchy import bundle
-
     model = config.train.model
     ours = bundle.config_to_dict(config)
     fields = bundle.component_fields(RESUME_COMPONENTS[model], ours, saved)
@@ -634,8 +629,6 @@ def check_resume_config(config: Any, saved: dict[str, Any], step: int, source: s
     that differs from the one that step saved, `saved`, in a field that matters
     (`resume_fields`), naming each field with the config's and the saved value;
     train.allow_config_change logs them instead."""
-    from nuwa_jax.hierarchy import bundle
-
     diff = bundle.differing_fields(config, saved, resume_fields(config, saved))
     if not diff:
         return

@@ -693,11 +693,10 @@ def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = No
     # Resume.
     # -----------------------------------------------------------------------------------
     checkpointer = ckpt.Checkpointer(workdir, t)
-    latest = checkpointer.latest_step()
-    if latest is not None:
+    if checkpointer.latest_step() is not None:  # the newest intact step (checkpoint.py)
         abstract = ckpt.abstract_like(state, train_step.state_shardings)
         del state
-        state = checkpointer.restore(latest, abstract, iterator)
+        latest, state = checkpointer.restore_latest(abstract, iterator)
         logging.info("resumed from step %d in %s", latest, checkpointer.directory)
     elif t.init_from:
         state = init_from(config, train_step, state, workdir)
@@ -765,7 +764,7 @@ def train(config: Any, workdir: str | os.PathLike, *, max_steps: int | None = No
                     raise NonFiniteError(
                         f"step {step}: non-finite loss={metrics['loss']} or grad_norm="
                         f"{metrics['grad_norm']}; stopped, last good checkpoint: "
-                        f"{checkpointer.latest_step()} in {checkpointer.directory}"
+                        f"{checkpointer.last_good()} in {checkpointer.directory}"
                     )
                 if log_now:
                     now = time.perf_counter()

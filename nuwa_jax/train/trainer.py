@@ -772,17 +772,21 @@ def _train(config: Any, workdir: str, max_steps: int | None,
     # Resume.
     # -----------------------------------------------------------------------------------
     checkpointer = ckpt.Checkpointer(workdir, t)
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        try:
-            saved = checkpointer.restore_config(latest)
-            check_resume_config(config, saved, latest, checkpointer.directory)
-        except BaseException:
-            checkpointer.close()
-            raise
+    if checkpointer.latest_step() is not None:
+        # Before restoring (another architecture would fail inside orbax, and a step orbax
+        # fails on is set aside as damaged): the config the newest intact step saved must
+        # agree with this one where it matters.
+        good = checkpointer.good_step()
+        if good is not None:
+            try:
+                saved = checkpointer.restore_config(good[0])
+                check_resume_config(config, saved, good[0], checkpointer.directory)
+            except BaseException:
+                checkpointer.close()
+                raise
         abstract = ckpt.abstract_like(state, train_step.state_shardings)
         del state
-        state = checkpointer.restore(latest, abstract, iterator)
+        latest, state = checkpointer.restore_latest(abstract, iterator)
         logging.info("resumed from step %d in %s", latest, checkpointer.directory)
     elif t.init_from:
         state = init_from(config, train_step, state, workdir)
@@ -852,7 +856,7 @@ def _train(config: Any, workdir: str, max_steps: int | None,
                     raise NonFiniteError(
                         f"step {step}: non-finite loss={metrics['loss']} or grad_norm="
                         f"{metrics['grad_norm']}; stopped, last good checkpoint: "
-                        f"{checkpointer.latest_step()} in {checkpointer.directory}"
+                        f"{checkpointer.last_good()} in {checkpointer.directory}"
                     )
                 if log_now:
                     now = time.perf_counter()

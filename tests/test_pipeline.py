@@ -374,6 +374,24 @@ def test_bad_record_raises(bad_data_dir):
         take(it, 40)
 
 
+def test_bad_record_error_crosses_worker_processes(bad_data_dir):
+    """A worker process's RecordError reaches the caller whole: file, record and reason
+    (an exception that cannot be unpickled became a TypeError naming neither)."""
+    root, bad_file = bad_data_dir
+    it = pipeline.make_iterator(
+        make_config(worker_count=2),
+        ByteTokenizer(TOKENS),
+        levels=[0],
+        data_dir=root,
+        process_index=0,
+        process_count=1,
+    )
+    with pytest.raises(schema.RecordError, match=rf"{bad_file}: record 3: bad data CRC") as e:
+        take(it, 40)
+    assert os.path.basename(e.value.path) == bad_file and e.value.record_index == 3
+    assert e.value.reason.startswith("bad data CRC")
+
+
 def test_bad_record_skipped(bad_data_dir):
     root, _ = bad_data_dir
     plan = HierarchyPlan.full(4, 2)

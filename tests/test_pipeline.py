@@ -1,7 +1,9 @@
 """The grain training pipeline: host file split, DoD windows, resumption, bad records."""
 
 import itertools
+import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -374,16 +376,40 @@ def test_bad_record_raises(bad_data_dir):
         take(it, 40)
 
 
-def test_bad_record_skipped(bad_data_dir):
-    root, _ = bad_data_dir
-    plan = HierarchyPlan.full(4, 2)
+def test_bad_record_error_crosses_worker_processes(bad_data_dir):
+    """A worker process's RecordError reaches the caller whole: file, record and reason
+    (an exception that cannot be unpickled became a TypeError naming neither)."""
+    root, bad_file = bad_data_dir
     it = pipeline.make_iterator(
-        make_config(skip_bad=True),
+        make_config(worker_count=2),
         ByteTokenizer(TOKENS),
         levels=[0],
         data_dir=root,
         process_index=0,
         process_count=1,
+    )
+    with pytest.raises(schema.RecordError, match=rf"{bad_file}: record 3: bad data CRC") as e:
+        take(it, 40)
+    assert os.path.basename(e.value.path) == bad_file and e.value.record_index == 3
+    assert e.value.reason.startswith("bad data CRC")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bad_record_skipped(bad_data_dir, tmp_path, caplog, workers):
+    """Skipped windows are counted, and the skipped records listed: one line per skip
+    in skipped_records (appended by worker processes too), the first ones logged."""
+    root, bad_file = bad_data_dir
+    plan = HierarchyPlan.full(4, 2)
+    listing = tmp_path / pipeline.SKIPPED_RECORDS_FILE
+    caplog.set_level("WARNING", logger=pipeline.__name__)
+    it = pipeline.make_iterator(
+        make_config(skip_bad=True, worker_count=workers),
+        ByteTokenizer(TOKENS),
+        levels=[0],
+        data_dir=root,
+        process_index=0,
+        process_count=1,
+        skipped_records=listing,
     )
     skipped = 0
     for batch in take(it, 20):
@@ -394,6 +420,44 @@ def test_bad_record_skipped(bad_data_dir):
     # 80 examples visit all 71 level-0 windows; those of episode 0 holding frame 11
     # (starts 2, 5, 8, 11) are each met at least once.
     assert skipped >= 4
+    it.close()  # the workers stop (and stop appending)
+    entries = [json.loads(line) for line in listing.read_text().splitlines()]
+    assert len(entries) >= skipped  # the pipeline reads ahead of the batches taken
+    assert {os.path.basename(x["file"]) for x in entries} == {bad_file}
+    assert {x["record"] for x in entries} == {3}
+    assert all(x["reason"].startswith("bad data CRC") for x in entries)
+    assert {(x["episode"], x["level"]) for x in entries} == {("ep0", 0)}
+    assert {x["start"] for x in entries} <= {2, 5, 8, 11}
+    if workers == 0:  # worker processes log to their own stderr
+        logged = [r.getMessage() for r in caplog.records]
+        assert logged and f"{bad_file}: record 3: bad data CRC" in logged[0]
+        assert str(listing) in logged[0]
+
+
+def test_skipped_records_log_is_rate_limited(tmp_path, caplog):
+    """The first `log_first` skips are logged one by one, then one line per `log_every`
+    saying how many were not; the file lists all of them."""
+    listing = tmp_path / "skipped.jsonl"
+    skipped = pipeline.SkippedRecords(listing, log_first=2, log_every=3)
+    skipped = pickle.loads(pickle.dumps(skipped))  # as grain's worker processes get it
+    caplog.set_level("WARNING", logger=pipeline.__name__)
+    for i in range(9):
+        skipped.add(schema.RecordError("s/ep.00000.tfrecord", i, "bad data CRC"), "ep", 1, 4 * i)
+    logged = [r.getMessage() for r in caplog.records]
+    assert "s/ep.00000.tfrecord: record 0: bad data CRC" in logged[0]
+    assert "s/ep.00000.tfrecord: record 1: bad data CRC" in logged[1]
+    assert "logged once per 3" in logged[2]
+    assert "5 bad records skipped" in logged[3] and "3 of them not logged" in logged[3]
+    assert "8 bad records skipped" in logged[4] and "6 of them not logged" in logged[4]
+    assert len(logged) == 5 and all(str(listing) in m for m in logged)
+    entries = [json.loads(line) for line in listing.read_text().splitlines()]
+    assert [x["record"] for x in entries] == list(range(9))
+    assert entries[4] == dict(file="s/ep.00000.tfrecord", record=4, reason="bad data CRC",
+                              episode="ep", level=1, start=16)  # fmt: skip
+    assert pipeline.skipped_records_path("w") == os.path.join("w", "skipped_records.jsonl")
+    assert pipeline.skipped_records_path("w", 1, 2) == os.path.join(
+        "w", "skipped_records.00001.jsonl"
+    )
 
 
 # -- hooks, sharding --------------------------------------------------------------------

@@ -292,3 +292,46 @@ def test_crash_mid_shard_leaves_no_complete_looking_file(tmp_path):
 def test_frame_record_layout():
     rec = schema.frame_record(b"abc")
     assert struct.unpack("<Q", rec[:8])[0] == 3 and rec[12:15] == b"abc" and len(rec) == 19
+
+
+def _data_error_classes() -> set[type]:
+    """Every exception class defined in the modules of nuwa_jax.data."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import nuwa_jax.data
+
+    found = set()
+    for info in pkgutil.iter_modules(nuwa_jax.data.__path__):
+        module = importlib.import_module(f"nuwa_jax.data.{info.name}")
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, BaseException) and cls.__module__ == module.__name__:
+                found.add(cls)
+    return found
+
+
+def test_errors_survive_pickling():
+    """Grain worker processes pickle an error to the parent: every data error must come
+    back with its message and fields (RecordError once came back as a TypeError)."""
+    from nuwa_jax.data import captions, convert_videos
+
+    errors = [
+        schema.DataError("store/metadata.json: bad metadata"),
+        schema.RecordError("store/ep.00001.tfrecord", 7, "bad data CRC at offset 96"),
+        convert_videos.ConversionError("clip.mp4: no video stream"),
+        captions.TextContextError("captions cut at 77 tokens"),
+        schema._WireError("truncated varint"),
+    ]
+    assert {type(e) for e in errors} == _data_error_classes(), "a new error class: test it here"
+    for error in errors:
+        back = pickle.loads(pickle.dumps(error))
+        assert type(back) is type(error) and str(back) == str(error) and back.args == error.args
+        assert vars(back) == vars(error)
+    record = pickle.loads(pickle.dumps(errors[1]))
+    assert (record.path, record.record_index, record.reason) == (
+        "store/ep.00001.tfrecord",
+        7,
+        "bad data CRC at offset 96",
+    )
+    assert str(record) == "store/ep.00001.tfrecord: record 7: bad data CRC at offset 96"

@@ -234,6 +234,14 @@ def test_samples_profile_and_bad_records(data_dir, cache_dir, tmp_path):
     assert [r["step"] for r in records] == [2, 4]
     assert [r["bad_records"] for r in records] == expected
     assert sum(expected) > 0
+    # ... and which records they were (the pipeline reads ahead: at least as many).
+    with open(run / pipeline.SKIPPED_RECORDS_FILE) as f:
+        skipped = [json.loads(line) for line in f]
+    assert len(skipped) >= sum(expected)
+    shard = schema.load_metadata(root).episodes[0].shards[0].file
+    assert {(os.path.basename(x["file"]), x["record"]) for x in skipped} <= {
+        (shard, r) for r in (3, 13, 23, 33)
+    }
 
     L, s = cfg.hierarchy.frames_per_call, cfg.data.resolution
     assert sorted(os.listdir(run / samples_lib.SAMPLES_DIR)) == [

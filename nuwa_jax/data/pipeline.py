@@ -28,7 +28,9 @@ for the metrics).
 
 Bad records: the store raises `schema.RecordError` naming the file and record index.
 With `data.skip_bad` the window is replaced by another, drawn from the example's own
-random stream (so resumption stays exact), and counted in 'bad_records'.
+random stream (so resumption stays exact), and counted in 'bad_records'; `SkippedRecords`
+logs which record it was (rate-limited) and, given `skipped_records`, appends it to a
+JSON-lines file (the trainer's: workdir/skipped_records.jsonl).
 
 Latents: with `data.latents_dir` set the same pipeline reads a LATENT STORE instead
 (a frame store whose records carry the T-KLVAE's posterior moments, written by
@@ -48,7 +50,9 @@ import bisect
 import dataclasses
 import hashlib
 import json
+import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -62,6 +66,9 @@ from nuwa_jax.hierarchy import HierarchyPlan
 T = TypeVar("T")
 Example = dict[str, Any]
 Tokenizer = Callable[[list[str]], np.ndarray]
+log = logging.getLogger(__name__)
+
+SKIPPED_RECORDS_FILE = "skipped_records.jsonl"  # in a training run's workdir
 
 
 # ---------------------------------------------------------------------------------------
@@ -378,6 +385,73 @@ def normalise(frames: np.ndarray) -> np.ndarray:
     return frames.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
 
 
+def skipped_records_path(
+    workdir: str | os.PathLike, process_index: int = 0, process_count: int = 1
+) -> str:
+    """Where a run lists the records data.skip_bad skipped: workdir/SKIPPED_RECORDS_FILE,
+    or one file per process when there are several (hosts must not append to one file)."""
+    name = SKIPPED_RECORDS_FILE
+    if process_count > 1:
+        name = name.replace(".jsonl", f".{process_index:05d}.jsonl")
+    return os.path.join(os.fspath(workdir), name)
+
+
+class SkippedRecords:
+    """Says which records data.skip_bad skipped, not only how many.
+
+    Each skip is logged for the first `log_first` of this process, then one line per
+    `log_every` more says how many were not logged one by one. With `path`, every skip
+    is appended to that JSON-lines file ({"file", "record", "reason", "episode", "level",
+    "start"}: the bad record and the window that met it) by one small O_APPEND write, so
+    grain's worker processes, which each hold a copy of this object, add to one complete
+    list without sharing memory. A record met again is listed again; the pipeline reads
+    ahead of training, so the list can hold skips of batches not yet trained on.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike | None = None, *, log_first: int = 10, log_every: int = 100
+    ):
+        self.path = None if path is None else os.fspath(path)
+        self.log_first, self.log_every = int(log_first), max(int(log_every), 1)
+        self.count = 0  # skips seen by this process (each worker counts its own)
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def add(self, error: schema.RecordError, episode_id: str, level: int, start: int) -> None:
+        """Reports one skipped record (and the window it spoiled)."""
+        if self.path is not None:
+            entry = dict(file=error.path, record=error.record_index, reason=error.reason,
+                         episode=episode_id, level=int(level), start=int(start))  # fmt: skip
+            line = (json.dumps(entry) + "\n").encode("utf-8")
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)  # one write: on a local disk, writers never interleave
+            finally:
+                os.close(fd)
+        with self._lock:
+            self.count += 1
+            n = self.count
+        listed = f"; all are listed in {self.path}" if self.path else ""
+        if n <= self.log_first:
+            log.warning("data.skip_bad: skipped %s (episode %r, level %d window at %d)%s",
+                        error, episode_id, level, start, listed)  # fmt: skip
+            if n == self.log_first:
+                log.warning("data.skip_bad: further skips are logged once per %d%s",
+                            self.log_every, listed)  # fmt: skip
+        elif (n - self.log_first) % self.log_every == 0:
+            log.warning("data.skip_bad: %d bad records skipped by process %d so far, %d of "
+                        "them not logged one by one; the latest: %s%s",
+                        n, os.getpid(), n - self.log_first, error, listed)  # fmt: skip
+
+
 class LoadWindow(grain.transforms.RandomMap):
     """(level, run, start) -> one training example (see the module docstring)."""
 
@@ -395,6 +469,7 @@ class LoadWindow(grain.transforms.RandomMap):
         transform: Callable[[Example], Example] | None = None,
         ar_mask_prob: float = 0.0,
         ar_context_frames: int = 1,
+        skipped: SkippedRecords | None = None,
     ):
         if not 0.0 <= ar_mask_prob <= 1.0:
             raise ValueError(f"data.ar_mask_prob={ar_mask_prob} must be in [0, 1]")
@@ -408,6 +483,7 @@ class LoadWindow(grain.transforms.RandomMap):
         self.resolution = int(resolution)
         self.skip_bad, self.max_bad_retries = bool(skip_bad), int(max_bad_retries)
         self.decode_images, self.transform = bool(decode_images), transform
+        self.skipped = SkippedRecords() if skipped is None else skipped
 
     def load(self, level: int, run: int, start: int) -> Example:
         """The example of one window; raises schema.RecordError on a bad record."""
@@ -445,6 +521,8 @@ class LoadWindow(grain.transforms.RandomMap):
             except schema.RecordError as e:
                 if not self.skip_bad:
                     raise
+                level, run, start = element
+                self.skipped.add(e, self.index.runs[run].episode_id, level, start)
                 bad += 1
                 if bad > self.max_bad_retries:
                     raise schema.DataError(
@@ -518,6 +596,7 @@ def make_dataset(
     transform: Callable[[Example], Example] | None = None,
     decode_images: bool = True,
     resolution: int | None = None,
+    skipped_records: str | os.PathLike | None = None,
 ) -> grain.IterDataset:
     """This host's infinite, shuffled stream of training batches (a grain IterDataset).
 
@@ -535,6 +614,8 @@ def make_dataset(
       decode_images: False leaves out 'video' (a transform supplies what the model eats).
       resolution: side of the frames in 'video' (default data.resolution; frames are
         centre-cropped and resized to it, e.g. a MarDini curriculum stage's resolution).
+      skipped_records: with data.skip_bad, the JSON-lines file every skipped record is
+        appended to (`SkippedRecords`; the trainer's is `skipped_records_path(workdir)`).
     """
     data = config.data
     plan = plan_from_config(config) if plan is None else plan
@@ -564,6 +645,10 @@ def make_dataset(
         if not os.path.exists(os.path.join(root, f)):
             raise schema.DataError(f"{os.path.join(root, f)}: shard listed in metadata is missing")
     index = WindowIndex(plan, runs, levels, aligned=data.align_windows)
+    if skipped_records is not None:
+        skipped_records = os.fspath(skipped_records)
+        if not os.path.isdir(os.path.dirname(os.path.abspath(skipped_records))):
+            raise ValueError(f"{skipped_records}: skipped_records' directory does not exist")
     load = LoadWindow(
         store,
         plan,
@@ -576,6 +661,7 @@ def make_dataset(
         transform=transform,
         ar_mask_prob=data.ar_mask_prob,
         ar_context_frames=config.generation.ar_context_frames,
+        skipped=SkippedRecords(skipped_records),
     )
     # Hosts hold different windows and shuffle with different seeds; uint32 for grain.
     shuffle_seed, load_seed = (

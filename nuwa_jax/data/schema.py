@@ -90,7 +90,12 @@ LATENT_FEATURES: dict[str, str] = {
 
 
 class DataError(ValueError):
-    """Bad data set input: names the file (and key or value) at fault."""
+    """Bad data set input: names the file (and key or value) at fault.
+
+    Errors here cross process boundaries (grain worker processes pickle them to the
+    parent), so a subclass whose __init__ takes other arguments than the message must
+    say how to rebuild itself (`__reduce__`, as RecordError does).
+    """
 
 
 class RecordError(DataError):
@@ -101,6 +106,11 @@ class RecordError(DataError):
         self.record_index = record_index
         self.reason = reason
         super().__init__(f"{self.path}: record {record_index}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The default rebuilds from self.args (the message alone), which __init__ refuses:
+        # an error raised in a grain worker then reached the caller as a TypeError.
+        return type(self), (self.path, self.record_index, self.reason), self.__dict__
 
 
 # ---------------------------------------------------------------------------------------

@@ -758,7 +758,9 @@ def _train(config: Any, workdir: str, max_steps: int | None,
     if t.model == "mtd":  # the only model that reads the captions
         check_text_context(config, tokenizer, workdir)
     plan, levels, side = data_windows(config)
-    iterator = pipeline.make_iterator(config, tokenizer, plan=plan, levels=levels, resolution=side)
+    skipped = pipeline.skipped_records_path(workdir, jax.process_index(), jax.process_count())
+    iterator = pipeline.make_iterator(config, tokenizer, plan=plan, levels=levels, resolution=side,
+                                      skipped_records=skipped)  # fmt: skip
     # How many different examples each trained level can see (docs/data.md).
     for line in pipeline.window_summary(config, plan=plan, levels=levels).lines():
         logging.info("training windows: %s", line)

@@ -114,7 +114,7 @@ def test_errors_name_the_file(dirs):
     write_video(videos / "d.avi", 10, 10)
     _expect_error(dirs, r"d\.avi: missing caption file: none of .*d\.json")
     (caps / "d.srt").write_text("1\n00:00:00,000 --> 00:00:01,800\nlate\n")  # video is 1.0 s
-    _expect_error(dirs, r"d\.srt: caption interval 0\.000-1\.800 s ends past the end of .*d\.avi")
+    _expect_error(dirs, r"d\.srt:2: caption interval 0\.000-1\.800 s ends past the end of .*d\.avi")
     (caps / "d.srt").write_text("1\n00:00:00,000 --> 00:00:00,500\nok\n\n2\n00:00:00,5 -> 1\nx\n")
     _expect_error(dirs, r"d\.srt:5: expected a cue timing line")
     (caps / "d.srt").write_text("1\n00:00:00,000 --> 00:00:0x,500\nbad\n")
@@ -191,14 +191,16 @@ def test_caption_parsers(tmp_path):
     caps = cv.parse_json_captions(str(p))
     assert [caps.at(i) for i in range(4)] == ["a", "a", "b", "b"]
     p.write_text('{"1": "b"}')
-    with pytest.raises(cv.ConversionError, match="x.json: the first caption is for frame 1"):
+    with pytest.raises(
+        cv.ConversionError, match="x.json:key '1': the first caption is for frame 1"
+    ):
         cv.parse_json_captions(str(p))
     p.write_text('["a", 3]')
-    with pytest.raises(cv.ConversionError, match="x.json: item 1 is int"):
+    with pytest.raises(cv.ConversionError, match="x.json:item 1: caption is int"):
         cv.parse_json_captions(str(p))
     p = tmp_path / "x.csv"
     p.write_text("0,a\nzz,b\n")
-    with pytest.raises(cv.ConversionError, match="x.csv: line 2: frame 'zz' is not an integer"):
+    with pytest.raises(cv.ConversionError, match="x.csv:2: frame 'zz' is not an integer"):
         cv.parse_csv_captions(str(p))
     p = tmp_path / "x.vtt"
     p.write_text("00:00.000 --> 00:01.000\nhi\n")
@@ -235,3 +237,231 @@ def test_tfds_flintstones_hd_builder(dirs, tmp_path):
     )
     assert test[0]["image"].shape == (128, 128, 3)
     assert [e["caption"].decode() for e in test] == ["start"] * 8 + ["middle"] * 8
+
+
+# ---------------------------------------------------------------------------------------
+# Reliability: entities, overlaps, BOMs, one-line CLI errors, source fingerprints, lock.
+# ---------------------------------------------------------------------------------------
+def test_cue_text_entities_decoded_after_tags(tmp_path):
+    p = tmp_path / "x.srt"
+    p.write_text(
+        "1\n00:00:00,000 --> 00:00:01,000\n<i>Tom &amp; Jerry</i> &lt;b&gt; it&#39;s &#x263A;\n"
+    )
+    # '&lt;b&gt;' is text: decoded after the tags are stripped, so it is not taken for one.
+    assert cv.parse_timed_captions(str(p)).at(0.5) == "Tom & Jerry <b> it's \u263a"
+    p = tmp_path / "x.vtt"
+    p.write_text("WEBVTT\n\n00:00.000 --> 00:01.000\n<c.loud>fish &amp; chips</c>&nbsp;!\n")
+    assert cv.parse_timed_captions(str(p)).at(0.5) == "fish & chips\xa0!"
+
+
+def test_overlapping_cues_take_both_texts_and_warn(tmp_path, caplog):
+    p = tmp_path / "x.srt"
+    p.write_text(  # the later-starting cue first in the file; a third cue repeats a text
+        "1\n00:00:01,000 --> 00:00:03,000\nsecond\n\n"
+        "2\n00:00:00,000 --> 00:00:02,000\nfirst\n\n"
+        "3\n00:00:02,500 --> 00:00:04,000\nsecond\n\n"
+        "4\n00:00:05,000 --> 00:00:06,000\nalone\n"
+    )
+    with caplog.at_level("WARNING"):
+        caps = cv.parse_timed_captions(str(p))
+    got = [caps.at(t) for t in (0.5, 1.5, 2.2, 2.7, 3.5, 4.5, 5.5)]
+    assert got == ["first", "first second", "second", "second", "second", None, "alone"]
+    warning = caplog.text
+    assert str(p) in warning and "2 pairs of cues overlap" in warning
+    assert "line 6 (0.000-2.000 s) and line 2 (1.000-3.000 s)" in warning
+    assert "line 2 (1.000-3.000 s) and line 10 (2.500-4.000 s)" in warning
+    assert "joined by a space, in start order" in warning
+    caplog.clear()
+    p.write_text("1\n00:00:00,000 --> 00:00:01,000\na\n\n2\n00:00:01,000 --> 00:00:02,000\nb\n")
+    with caplog.at_level("WARNING"):
+        caps = cv.parse_timed_captions(str(p))  # touching cues do not overlap
+    assert [caps.at(t) for t in (0.5, 1.0, 1.5)] == ["a", "b", "b"] and not caplog.text
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("x.json", '{"0": "zero", "2": "two"}'),
+        ("x.csv", "frame,caption\n0,zero\n2,two\n"),
+        ("x.srt", "1\n00:00:00,000 --> 00:00:02,000\nzero\n"),
+        ("x.vtt", "WEBVTT\n\n00:00.000 --> 00:02.000\nzero\n"),
+    ],
+)
+def test_a_bom_is_accepted_in_every_caption_format(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    caps = cv.load_captions(str(p))
+    assert caps.at(0 if isinstance(caps, cv.FrameCaptions) else 0.5) == "zero"
+
+
+@pytest.mark.faults
+def test_caption_errors_carry_file_and_line(tmp_path):
+    p = tmp_path / "x.csv"
+    p.write_text('frame,caption\n0,"a\nb"\nzz,c\n')  # a quoted caption spans lines 2-3
+    with pytest.raises(cv.CaptionError) as e:
+        cv.parse_csv_captions(str(p))
+    assert (e.value.path, e.value.where) == (str(p), 4) and str(e.value).startswith(f"{p}:4: ")
+    p.write_text("0,a\n0,b\n")
+    with pytest.raises(cv.CaptionError, match=r"x\.csv:2: frame 0 captioned twice \(also at 1\)"):
+        cv.parse_csv_captions(str(p))
+    p = tmp_path / "x.json"
+    p.write_text('{"0": "a",\n "1": }')
+    with pytest.raises(cv.CaptionError, match=r"x\.json:2: not valid JSON"):
+        cv.parse_json_captions(str(p))
+    p = tmp_path / "x.srt"
+    p.write_bytes(b"1\n00:00:00,000 --> 00:00:01,000\n\xff\xfe\n")
+    with pytest.raises(cv.CaptionError, match=r"x\.srt: not UTF-8 text"):
+        cv.parse_timed_captions(str(p))
+
+
+def _cli(videos, caps, out, *extra):
+    args = ["--videos", str(videos), "--captions", str(caps), "--out", str(out)]
+    return cv.main(args + ["--resolution", "16", "--fps", "5", *extra])
+
+
+@pytest.mark.faults
+def test_cli_bad_input_is_one_line_and_status_2(dirs, capsys, monkeypatch):
+    videos, caps, out = dirs
+    cases = [
+        ("b.json", '{"0": "a", "x": "b"}', f"{caps / 'b.json'}:key 'x': frame 'x' is not an"),
+        ("a.srt", "1\n00:00:00,000 --> 00:00:0x,000\nbad\n", f"{caps / 'a.srt'}:2: bad timestamp"),
+        ("a.srt", "1\n00:00:00,000 --> 00:00:09,000\nlong\n", f"{caps / 'a.srt'}:2: caption"),
+    ]
+    for name, text, want in cases:
+        (caps / name).write_text(text)
+        with pytest.raises(SystemExit) as e:
+            _cli(videos, caps, out)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1, err
+        assert err.startswith(f"convert_videos: {want}") and "Traceback" not in err, err
+    (caps / "a.srt").write_text(SRT)
+    (caps / "b.json").write_text('{"0": "start"}')
+    (videos / "c.mp4").write_bytes(b"\x00" * 500)
+    (caps / "c.json").write_text('["x"]')
+    with pytest.raises(SystemExit) as e:
+        _cli(videos, caps, out)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"convert_videos: {videos / 'c.mp4'}: unreadable")
+    assert err.count("\n") == 1
+    # Every video skipped: still one line.
+    with pytest.raises(SystemExit):
+        _cli(videos / "..", caps, tmp := out.parent / "only_bad", "--skip_bad")
+    assert capsys.readouterr().err.count("\n") == 1 and not (tmp / "metadata.json").exists()
+    # Any other exception is a bug: it is not caught.
+    (videos / "c.mp4").unlink()
+    monkeypatch.setattr(cv, "resize_and_crop", lambda *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        _cli(videos, caps, out.parent / "fresh")
+
+
+@pytest.mark.faults
+def test_cli_module_exits_2_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    videos, caps = tmp_path / "v", tmp_path / "c"
+    videos.mkdir()
+    caps.mkdir()
+    write_video(videos / "a.mp4", 5, 5)
+    (caps / "a.csv").write_text("0,a\n1,b,c\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run(
+        [sys.executable, "-m", "nuwa_jax.data.convert_videos", "--videos", str(videos),
+         "--captions", str(caps), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=root), timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"convert_videos: {caps / 'a.csv'}:2: expected 2 columns (frame,caption), got 3"
+    )
+    assert "Traceback" not in run.stderr
+
+
+def test_changed_sources_are_converted_again(dirs, caplog):
+    videos, caps, out = dirs
+    kw = dict(resolution=16, fps=5, frames_per_shard=4, index_every=2)
+    meta, _ = cv.convert(str(videos), str(caps), str(out), **kw)
+    fp = meta.episodes[0].extra["sources"]
+    assert fp["captions"]["file"] == "a.srt" and fp["video"]["size"] > 0
+    store_a = lambda: schema.FrameStore(out).read_frames("a", range(15)).captions  # noqa: E731
+    # The captions change, timings and size kept: only 'a' is redone.
+    (caps / "a.srt").write_text(SRT.replace("first", "FIRST"))
+    with caplog.at_level("WARNING"):
+        _, s = cv.convert(str(videos), str(caps), str(out), **kw)
+    assert [v for v, _ in s.redone] == ["a.mp4"] and s.converted == ["a.mp4"]
+    assert s.resumed == ["b.mkv"] and "the caption file a.srt changed" in s.redone[0][1]
+    assert "a.mp4: converting episode 'a' again: the caption file a.srt changed" in caplog.text
+    assert store_a() == ["FIRST caption"] * 8 + ["second"] * 7
+    assert "redone a.mp4" in str(s)
+    # A shorter video: the old episode's extra shard files go too.
+    write_video(videos / "a.mp4", 10, 10)  # 1.0 s: 5 frames, 2 shards (was 15, 4 shards)
+    (caps / "a.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nshort\n")
+    _, s = cv.convert(str(videos), str(caps), str(out), **kw)
+    assert "the video changed" in s.redone[0][1]
+    assert sorted(n for n in os.listdir(out) if n.startswith("a.")) == [
+        "a.00000.tfrecord",
+        "a.00001.tfrecord",
+    ]
+    assert schema.FrameStore(out).read_frames("a", range(5)).captions == ["short"] * 5
+    # --gap_caption is part of the sources; so is the caption file's name.
+    _, s = cv.convert(str(videos), str(caps), str(out), gap_caption="-", **kw)
+    assert sorted(v for v, _ in s.redone) == ["a.mp4", "b.mkv"]
+    (caps / "b.json").rename(caps / "b.csv")
+    (caps / "b.csv").write_text("0,start\n12,middle\n")
+    _, s = cv.convert(str(videos), str(caps), str(out), gap_caption="-", **kw)
+    assert s.redone == [("b.mkv", "the captions are now b.csv (were b.json)")]
+    # A store without a recorded fingerprint (an older converter) is redone, once.
+    os.remove(out / cv.SOURCES_DIR / "a.json")
+    _, s = cv.convert(str(videos), str(caps), str(out), gap_caption="-", **kw)
+    assert [v for v, _ in s.redone] == ["a.mp4"] and "no fingerprint" in s.redone[0][1]
+    _, s = cv.convert(str(videos), str(caps), str(out), gap_caption="-", **kw)
+    assert s.resumed == ["a.mp4", "b.mkv"] and not s.redone and not s.converted
+
+
+@pytest.mark.faults
+def test_changed_captions_of_an_interrupted_episode_do_not_keep_its_shards(dirs, monkeypatch):
+    videos, caps, out = dirs
+    kw = dict(resolution=16, fps=5, frames_per_shard=4, index_every=2)
+    real, calls = cv.resize_and_crop, [0]
+
+    def dying(image, resolution):
+        calls[0] += 1
+        if calls[0] == 10:  # episode 'a' killed with shards 0 and 1 finished
+            raise RuntimeError("killed")
+        return real(image, resolution)
+
+    monkeypatch.setattr(cv, "resize_and_crop", dying)
+    with pytest.raises(RuntimeError, match="killed"):
+        cv.convert(str(videos), str(caps), str(out), **kw)
+    monkeypatch.setattr(cv, "resize_and_crop", real)
+    (caps / "a.srt").write_text(SRT.replace("first", "FIRST"))
+    _, s = cv.convert(str(videos), str(caps), str(out), **kw)
+    assert s.shards_resumed == 0 and [v for v, _ in s.redone] == ["a.mp4"]
+    assert schema.FrameStore(out).read_frames("a", [0, 8]).captions == ["FIRST caption", "second"]
+
+
+@pytest.mark.faults
+def test_a_second_converter_into_one_folder_is_refused(dirs, capsys):
+    from nuwa_jax.train.workdir_lock import WorkdirLock, WorkdirLockedError
+
+    videos, caps, out = dirs
+    holder = WorkdirLock(out, lock_file=cv.LOCK_FILE)
+    with holder:  # a live converter holds the folder (flock: per open file, so this works)
+        (out / "_episodes").mkdir()
+        (out / "_episodes" / schema.temp_name("a.json").split("/")[-1]).write_text("x")
+        with pytest.raises(
+            WorkdirLockedError, match=f"held by a live converter: pid {os.getpid()}"
+        ):
+            cv.convert(str(videos), str(caps), str(out), resolution=16, fps=5)
+        with pytest.raises(SystemExit) as e:
+            _cli(videos, caps, out)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1
+        assert err.startswith(f"convert_videos: {out} is held by a live converter") and (
+            str(out / cv.LOCK_FILE) in err
+        )
+        # The holder's files were left alone (a writer removes temp files it finds).
+        assert [n for n in os.listdir(out / "_episodes") if schema.is_temp_name(n)]
+    meta, _ = cv.convert(str(videos), str(caps), str(out), resolution=16, fps=5)
+    assert len(meta.episodes) == 2 and not (out / cv.LOCK_FILE).exists()

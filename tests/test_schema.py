@@ -320,6 +320,7 @@ def test_errors_survive_pickling():
         schema.DataError("store/metadata.json: bad metadata"),
         schema.RecordError("store/ep.00001.tfrecord", 7, "bad data CRC at offset 96"),
         convert_videos.ConversionError("clip.mp4: no video stream"),
+        convert_videos.CaptionError("clip.srt", 12, "bad timestamp '00:0x'"),
         captions.TextContextError("captions cut at 77 tokens"),
         schema._WireError("truncated varint"),
     ]

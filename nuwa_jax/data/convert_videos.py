@@ -12,10 +12,14 @@ Frames are decoded with PyAV, resampled to --fps by timestamp (each output time 
 the latest source frame at or before it; --fps 0 keeps every source frame), resized
 so the shorter side is --resolution and centre-cropped to a square.
 
-Errors name the file (and line, for SRT/VTT): unreadable video, missing or ambiguous
-caption file, captions past the video's frames or duration, malformed captions. With
---skip_bad such videos are skipped and listed in the summary instead. Output is
-crash-safe and resumable (writer.py): a rerun skips finished episodes and shards.
+Caption files may start with a BOM; cue text has tags stripped, then entities decoded;
+overlapping cues join their texts (OVERLAP_RULE, with a warning). Errors name the file
+and the line or cue (CaptionError): unreadable video, missing or ambiguous caption file,
+captions past the video's frames or duration, malformed captions. With --skip_bad such
+videos are skipped and listed in the summary instead; the CLI prints bad input as one
+line and exits 2. Output is crash-safe and resumable (writer.py): a rerun skips finished
+episodes and shards whose sources' fingerprint is unchanged, and converts changed ones
+again. A run holds <out>/convert.lock: one converter per output folder.
 
 CLI: python -m nuwa_jax.data.convert_videos --videos DIR --captions DIR --out DIR
      --resolution 128 --fps 8
@@ -27,9 +31,14 @@ import argparse
 import bisect
 import csv
 import dataclasses
+import hashlib
+import html
+import io
 import json
+import logging
 import os
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -47,6 +56,20 @@ CAPTION_EXTENSIONS = (".json", ".csv", ".srt", ".vtt")
 
 class ConversionError(schema.DataError):
     """A video that cannot be converted; the message names the file at fault."""
+
+
+class CaptionError(ConversionError):
+    """A bad caption file: '<file>:<line or cue>: <what is wrong>' (no location when the
+    fault is the whole file). Carries the fields for callers that report them."""
+
+    def __init__(self, path: str, where: int | str | None, reason: str):
+        self.path, self.where, self.reason = path, where, reason
+        super().__init__(
+            f"{path}:{where}: {reason}" if where not in (None, "") else f"{path}: {reason}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.path, self.where, self.reason), self.__dict__
 
 
 # ---------------------------------------------------------------------------------------
@@ -70,81 +93,113 @@ class TimedCaptions:
     """Captions on time intervals [start, end) in seconds (SRT / WebVTT cues)."""
 
     path: str
-    intervals: list[tuple[float, float, str]]
+    intervals: list[tuple[float, float, str]]  # in start order (file order among equals)
     gap_caption: str = ""
+    lines: list[int] = dataclasses.field(default_factory=list)  # each cue's timing line
 
     def at(self, t: float) -> str | None:
-        """The caption at time t; None in a gap."""
-        for start, end, text in self.intervals:
-            if start <= t < end:
-                return text
-        return None
+        """The caption at time t; None in a gap. Where cues overlap, their distinct texts
+        joined by a space in start order (OVERLAP_RULE)."""
+        texts = [text for start, end, text in self.intervals if start <= t < end]
+        if not texts:
+            return None
+        return " ".join(dict.fromkeys(texts))
 
 
 Captions = FrameCaptions | TimedCaptions
 
 
-def _frame_key(path: str, key: Any, where: str) -> int:
+# Where timed cues overlap, frames in the overlap take every covering cue's text.
+OVERLAP_RULE = (
+    "frames where cues overlap take their distinct texts joined by a space, in start order"
+)
+
+
+def _read_text(path: str) -> str:
+    """A caption file's text: UTF-8 with or without a byte-order mark (every format)."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise CaptionError(path, None, f"not UTF-8 text (byte {e.start}: {e.reason})") from e
+    except OSError as e:
+        raise CaptionError(path, None, f"cannot read the caption file: {e.strerror or e}") from e
+
+
+def _frame_key(path: str, key: Any, where: int | str) -> int:
     try:
         frame = int(str(key).strip())
     except ValueError:
-        raise ConversionError(f"{path}: {where}: frame {key!r} is not an integer") from None
+        raise CaptionError(path, where, f"frame {key!r} is not an integer") from None
     if frame < 0:
-        raise ConversionError(f"{path}: {where}: negative frame {frame}")
+        raise CaptionError(path, where, f"negative frame {frame}")
     return frame
 
 
-def _from_mapping(path: str, pairs: list[tuple[int, str]]) -> FrameCaptions:
+def _from_mapping(path: str, pairs: list[tuple[int, str, int | str]]) -> FrameCaptions:
+    """(frame, caption, where it is written) pairs -> FrameCaptions."""
     if not pairs:
-        raise ConversionError(f"{path}: no captions")
-    pairs.sort()
-    frames = [f for f, _ in pairs]
-    if len(set(frames)) != len(frames):
-        dup = next(f for f, g in zip(frames, frames[1:]) if f == g)
-        raise ConversionError(f"{path}: frame {dup} captioned twice")
+        raise CaptionError(path, None, "no captions")
+    pairs.sort(key=lambda p: p[0])
+    for (f, _, first), (g, _, second) in zip(pairs, pairs[1:]):
+        if f == g:
+            raise CaptionError(path, second, f"frame {f} captioned twice (also at {first})")
+    frames = [f for f, _, _ in pairs]
     if frames[0] != 0:
-        raise ConversionError(
-            f"{path}: the first caption is for frame {frames[0]}; frame 0 "
-            "must have one (a caption holds until the next listed frame)"
+        raise CaptionError(
+            path,
+            pairs[0][2],
+            f"the first caption is for frame {frames[0]}; frame 0 must have one (a caption "
+            "holds until the next listed frame)",
         )
-    return FrameCaptions(path, frames, [c for _, c in pairs], frames[-1])
+    return FrameCaptions(path, frames, [c for _, c, _ in pairs], frames[-1])
 
 
 def parse_json_captions(path: str) -> FrameCaptions:
+    """A JSON list (a caption per source frame) or {frame: caption} object."""
     try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConversionError(f"{path}: not valid JSON: {e}") from e
+        obj = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise CaptionError(path, e.lineno, f"not valid JSON: {e.msg} (column {e.colno})") from e
     if isinstance(obj, list):
         for i, c in enumerate(obj):
             if not isinstance(c, str):
-                raise ConversionError(f"{path}: item {i} is {type(c).__name__}, not a string")
+                raise CaptionError(
+                    path, f"item {i}", f"caption is {type(c).__name__}, not a string"
+                )
         if not obj:
-            raise ConversionError(f"{path}: no captions")
+            raise CaptionError(path, None, "no captions")
         return FrameCaptions(path, list(range(len(obj))), list(obj), len(obj) - 1)
     if isinstance(obj, dict):
         pairs = []
         for k, c in obj.items():
+            where = f"key {k!r}"
             if not isinstance(c, str):
-                raise ConversionError(f"{path}: key {k!r}: caption is {type(c).__name__}")
-            pairs.append((_frame_key(path, k, f"key {k!r}"), c))
+                raise CaptionError(path, where, f"caption is {type(c).__name__}, not a string")
+            pairs.append((_frame_key(path, k, where), c, where))
         return _from_mapping(path, pairs)
-    raise ConversionError(f"{path}: expected a list of captions or a {{frame: caption}} object")
+    raise CaptionError(path, None, "expected a list of captions or a {frame: caption} object")
 
 
 def parse_csv_captions(path: str) -> FrameCaptions:
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f))
+    """`frame,caption` rows (a header row optional)."""
+    reader = csv.reader(io.StringIO(_read_text(path)))
+    rows, line = [], 1  # (the line a row starts on, row): quoted fields may span lines
+    try:
+        for row in reader:
+            rows.append((line, row))
+            line = reader.line_num + 1
+    except csv.Error as e:
+        raise CaptionError(path, line, f"not valid CSV: {e}") from e
     pairs = []
-    for n, row in enumerate(rows, start=1):
+    for n, row in rows:
         if not row or all(not c.strip() for c in row):
             continue
         if n == 1 and row[0].strip().lower() == "frame":
             continue  # header
         if len(row) != 2:
-            raise ConversionError(f"{path}:{n}: expected 2 columns (frame,caption), got {len(row)}")
-        pairs.append((_frame_key(path, row[0], f"line {n}"), row[1]))
+            raise CaptionError(path, n, f"expected 2 columns (frame,caption), got {len(row)}")
+        pairs.append((_frame_key(path, row[0], n), row[1], n))
     return _from_mapping(path, pairs)
 
 
@@ -154,24 +209,50 @@ _TIME = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{2})[,.](\d{3})$")
 def _seconds(path: str, line: int, text: str) -> float:
     m = _TIME.match(text.strip())
     if not m:
-        raise ConversionError(f"{path}:{line}: bad timestamp {text.strip()!r}")
+        raise CaptionError(path, line, f"bad timestamp {text.strip()!r}")
     h, mnt, s, ms = (int(g) if g else 0 for g in m.groups())
     if mnt >= 60 or s >= 60:
-        raise ConversionError(f"{path}:{line}: bad timestamp {text.strip()!r}")
+        raise CaptionError(path, line, f"bad timestamp {text.strip()!r}")
     return h * 3600 + mnt * 60 + s + ms / 1000
 
 
+def _cue_text(block: list[str]) -> str:
+    """A cue's text lines as one line: inline tags (<i>, <c.x>, <00:01.000>) stripped, then
+    character references (&amp; &lt; &#39; ...) decoded, so an escaped '<' stays text."""
+    text = " ".join(b.strip() for b in block)
+    return html.unescape(re.sub(r"<[^>]+>", "", text))
+
+
+def _warn_overlaps(path: str, cues: list[tuple[float, float, str, int]]) -> None:
+    """Logs one warning naming the overlapping cues (by timing line and times) of a file."""
+    pairs, active = [], []
+    for cue in cues:  # in start order
+        active = [a for a in active if a[1] > cue[0]]
+        pairs += [(a, cue) for a in active]
+        active.append(cue)
+    if not pairs:
+        return
+    shown = "; ".join(
+        f"line {a[3]} ({a[0]:.3f}-{a[1]:.3f} s) and line {b[3]} ({b[0]:.3f}-{b[1]:.3f} s)"
+        for a, b in pairs[:5]
+    )
+    more = f" and {len(pairs) - 5} more" if len(pairs) > 5 else ""
+    logging.warning(
+        "%s: %d pairs of cues overlap: %s%s; %s", path, len(pairs), shown, more, OVERLAP_RULE
+    )
+
+
 def parse_timed_captions(path: str, gap_caption: str = "") -> TimedCaptions:
-    """SRT or WebVTT cues: [index line], 'start --> end [settings]', text lines, blank."""
+    """SRT or WebVTT cues: [index line], 'start --> end [settings]', text lines, blank.
+    Overlapping cues are kept (see OVERLAP_RULE) and logged."""
     vtt = path.lower().endswith(".vtt")
-    with open(path, encoding="utf-8-sig") as f:
-        lines = f.read().splitlines()
+    lines = _read_text(path).splitlines()
     n = 0
     if vtt:
         if not lines or not lines[0].startswith("WEBVTT"):
-            raise ConversionError(f"{path}:1: a WebVTT file must start with 'WEBVTT'")
+            raise CaptionError(path, 1, "a WebVTT file must start with 'WEBVTT'")
         n = 1
-    intervals: list[tuple[float, float, str]] = []
+    cues: list[tuple[float, float, str, int]] = []
     while n < len(lines):
         if not lines[n].strip():
             n += 1
@@ -185,28 +266,29 @@ def parse_timed_captions(path: str, gap_caption: str = "") -> TimedCaptions:
             continue
         timing = next((i for i, b in enumerate(block[:2]) if "-->" in b), None)
         if timing is None:
-            raise ConversionError(
-                f"{path}:{block_start + 1}: expected a cue timing line "
-                f"'start --> end', got {block[0]!r}"
+            raise CaptionError(
+                path,
+                block_start + 1,
+                f"expected a cue timing line 'start --> end', got {block[0]!r}",
             )
         if not vtt and timing == 1 and not block[0].strip().isdigit():
-            raise ConversionError(f"{path}:{block_start + 1}: bad SRT cue number {block[0]!r}")
+            raise CaptionError(path, block_start + 1, f"bad SRT cue number {block[0]!r}")
         line = block_start + timing + 1
         left, _, right = block[timing].partition("-->")
         right_parts = right.split()
         if not right_parts:
-            raise ConversionError(f"{path}:{line}: missing end time")
+            raise CaptionError(path, line, "missing end time")
         start, end = _seconds(path, line, left), _seconds(path, line, right_parts[0])
         if end <= start:
-            raise ConversionError(
-                f"{path}:{line}: cue ends ({end:.3f} s) before it starts ({start:.3f} s)"
+            raise CaptionError(
+                path, line, f"cue ends ({end:.3f} s) before it starts ({start:.3f} s)"
             )
-        text = " ".join(b.strip() for b in block[timing + 1 :])
-        text = re.sub(r"<[^>]+>", "", text)  # WebVTT / SRT inline tags
-        intervals.append((start, end, text))
-    if not intervals:
-        raise ConversionError(f"{path}: no caption cues")
-    return TimedCaptions(path, intervals, gap_caption)
+        cues.append((start, end, _cue_text(block[timing + 1 :]), line))
+    if not cues:
+        raise CaptionError(path, None, "no caption cues")
+    cues.sort(key=lambda c: (c[0], c[3]))
+    _warn_overlaps(path, cues)
+    return TimedCaptions(path, [c[:3] for c in cues], gap_caption, [c[3] for c in cues])
 
 
 def find_caption_file(captions_dir: str, rel_video: str) -> str:
@@ -234,7 +316,7 @@ def load_captions(path: str, gap_caption: str = "") -> Captions:
         return parse_csv_captions(path)
     if ext in (".srt", ".vtt"):
         return parse_timed_captions(path, gap_caption)
-    raise ConversionError(f"{path}: unknown caption format {ext!r}")
+    raise CaptionError(path, None, f"unknown caption format {ext!r}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -314,11 +396,14 @@ def check_captions(captions: Captions, info: VideoInfo) -> None:
             )
         return
     slack = 0.5 / info.fps
-    for start, end, _ in captions.intervals:
+    lines = captions.lines or [None] * len(captions.intervals)
+    for (start, end, _), line in zip(captions.intervals, lines):
         if end > info.duration + slack:
-            raise ConversionError(
-                f"{captions.path}: caption interval {start:.3f}-{end:.3f} s ends past the end "
-                f"of {info.path} ({info.duration:.3f} s)"
+            raise CaptionError(
+                captions.path,
+                line,
+                f"caption interval {start:.3f}-{end:.3f} s ends past the end of {info.path} "
+                f"({info.duration:.3f} s)",
             )
 
 
@@ -330,6 +415,7 @@ class ConversionSummary:
     converted: list[str] = dataclasses.field(default_factory=list)
     resumed: list[str] = dataclasses.field(default_factory=list)  # finished by an earlier run
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (video, why)
+    redone: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # sources changed
     frames: int = 0
     gap_frames: int = 0  # frames that fell between timed captions
     shards_resumed: int = 0
@@ -337,10 +423,12 @@ class ConversionSummary:
     def __str__(self) -> str:
         lines = [
             f"converted {len(self.converted)} videos ({self.frames} frames), "
-            f"{len(self.resumed)} already done, {len(self.skipped)} skipped, "
+            f"{len(self.resumed)} already done, {len(self.redone)} redone (sources changed), "
+            f"{len(self.skipped)} skipped, "
             f"{self.shards_resumed} finished shards kept, {self.gap_frames} frames "
             "between timed captions"
         ]
+        lines += [f"  redone {v}: {why}" for v, why in self.redone]
         lines += [f"  skipped {v}: {why}" for v, why in self.skipped]
         return "\n".join(lines)
 
@@ -355,6 +443,102 @@ def find_videos(videos_dir: str) -> list[str]:
             if name.lower().endswith(VIDEO_EXTENSIONS):
                 found.append(os.path.relpath(os.path.join(root, name), videos_dir))
     return sorted(found)
+
+
+# ---------------------------------------------------------------------------------------
+# Sources: what an episode was converted from, so that a rerun redoes changed ones.
+# ---------------------------------------------------------------------------------------
+SOURCES_DIR = "_sources"  # <out>/_sources/<episode>.json, written before the episode
+LOCK_FILE = "convert.lock"
+_MIB = 1 << 20
+
+
+def _sha256(path: str, ranges: Sequence[tuple[int, int]] | None = None) -> str:
+    """sha256 of a file, or of its (offset, length) byte ranges."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if ranges is None:
+            for block in iter(lambda: f.read(_MIB), b""):
+                h.update(block)
+        for offset, length in ranges or ():
+            f.seek(offset)
+            h.update(f.read(length))
+    return h.hexdigest()
+
+
+def source_fingerprint(
+    video_path: str, caption_path: str, captions_dir: str, gap_caption: str
+) -> dict[str, Any]:
+    """What an episode's frames and captions follow from: the video's size and a hash of
+    its first and last MiB (not its mtime: a copy keeps the content), the caption file's
+    path, size and sha256, and --gap_caption."""
+    try:
+        size = os.path.getsize(video_path)
+        video = dict(
+            size=size,
+            sha256_first_last_mib=_sha256(video_path, [(0, _MIB), (max(size - _MIB, 0), _MIB)]),
+        )
+    except OSError as e:
+        raise ConversionError(f"{video_path}: unreadable video: {e.strerror or e}") from e
+    try:
+        captions = dict(
+            file=os.path.relpath(caption_path, captions_dir).replace(os.sep, "/"),
+            size=os.path.getsize(caption_path),
+            sha256=_sha256(caption_path),
+        )
+    except OSError as e:
+        raise CaptionError(
+            caption_path, None, f"cannot read the caption file: {e.strerror or e}"
+        ) from e
+    return dict(video=video, captions=captions, gap_caption=gap_caption)  # fmt: skip
+
+
+def _sources_path(out_dir: str, episode: str) -> str:
+    return os.path.join(out_dir, SOURCES_DIR, schema.safe_episode_name(episode) + ".json")
+
+
+def recorded_sources(out_dir: str, episode: str) -> dict[str, Any] | None:
+    """The fingerprint an earlier run recorded for the episode; None if none (or unreadable:
+    the episode is then redone)."""
+    try:
+        with open(_sources_path(out_dir, episode), encoding="utf-8") as f:
+            obj = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(obj, dict) or obj.get("episode") != episode:
+        return None
+    return obj.get("sources")
+
+
+def _record_sources(out_dir: str, episode: str, sources: dict[str, Any]) -> None:
+    os.makedirs(os.path.join(out_dir, SOURCES_DIR), exist_ok=True)
+    data = json.dumps(dict(episode=episode, sources=sources), indent=1).encode("utf-8")
+    schema.atomic_write_bytes(_sources_path(out_dir, episode), data)
+
+
+def describe_change(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    """Why an episode's recorded sources no longer match, in words."""
+    if not isinstance(old, dict):
+        return (
+            "no fingerprint of its sources is recorded (an older converter or an unreadable record)"
+        )
+    why = []
+    if old.get("video") != new["video"]:
+        ov, nv = old.get("video") or {}, new["video"]
+        what = (
+            f"size {ov.get('size')} -> {nv['size']} bytes"
+            if ov.get("size") != nv["size"]
+            else "content"
+        )
+        why.append(f"the video changed ({what})")
+    oc, nc = old.get("captions") or {}, new["captions"]
+    if oc.get("file") != nc["file"]:
+        why.append(f"the captions are now {nc['file']} (were {oc.get('file')})")
+    elif oc != nc:
+        why.append(f"the caption file {nc['file']} changed")
+    if old.get("gap_caption") != new["gap_caption"]:
+        why.append(f"--gap_caption changed ({old.get('gap_caption')!r} -> {new['gap_caption']!r})")
+    return "; ".join(why) or "its recorded sources differ"  # fmt: skip
 
 
 def episode_frames(
@@ -391,10 +575,50 @@ def convert(
     skip_bad: bool = False,
     gap_caption: str = "",
 ) -> tuple[schema.DatasetMetadata, ConversionSummary]:
-    """Converts every video under `videos_dir`; writes metadata.json last."""
+    """Converts every video under `videos_dir`; writes metadata.json last.
+
+    Holds `out_dir`/convert.lock for the run: a second converter into the same folder is
+    refused (WorkdirLockedError naming the holder). An episode finished by an earlier run
+    is kept only if its sources' fingerprint (source_fingerprint) is unchanged; otherwise
+    what was written of it is removed and it is converted again (logged, summary.redone).
+    """
     videos = find_videos(videos_dir)
     if not videos:
         raise ConversionError(f"{videos_dir}: no videos ({', '.join(VIDEO_EXTENSIONS)})")
+    # Imported here: nuwa_jax.train imports the data package (no import cycle at load).
+    from nuwa_jax.train.workdir_lock import WorkdirLock
+
+    lock = WorkdirLock(
+        out_dir,
+        lock_file=LOCK_FILE,
+        holder_kind="converter",
+        advice="An output folder takes one converter at a time: wait for that run to end, "
+        "stop it, or write to another folder",
+    )
+    with lock:
+        return _convert(
+            videos, videos_dir, captions_dir, out_dir, resolution=resolution, fps=fps,
+            image_format=image_format, jpeg_quality=jpeg_quality,
+            frames_per_shard=frames_per_shard, index_every=index_every, skip_bad=skip_bad,
+            gap_caption=gap_caption,
+        )  # fmt: skip
+
+
+def _convert(
+    videos: list[str],
+    videos_dir: str,
+    captions_dir: str,
+    out_dir: str,
+    *,
+    resolution: int,
+    fps: float,
+    image_format: str,
+    jpeg_quality: int,
+    frames_per_shard: int,
+    index_every: int,
+    skip_bad: bool,
+    gap_caption: str,
+) -> tuple[schema.DatasetMetadata, ConversionSummary]:
     writer = DatasetWriter(
         out_dir, fps=fps if fps > 0 else 0.0, height=resolution, width=resolution,
         image_format=image_format, jpeg_quality=jpeg_quality,
@@ -409,12 +633,22 @@ def convert(
         if episode in ids:
             raise ConversionError(f"{rel} and {ids[episode]} make the same episode {episode!r}")
         ids[episode] = rel
-        if writer.add_finished_episode(episode) is not None:
-            summary.resumed.append(rel)
-            continue
         path = os.path.join(videos_dir, rel)
         try:
             caption_path = find_caption_file(captions_dir, rel)
+            sources = source_fingerprint(path, caption_path, captions_dir, gap_caption)
+            writer.finished_episode(episode)  # a marker of another layout is refused here
+            recorded = recorded_sources(out_dir, episode)
+            if recorded == sources:
+                if writer.add_finished_episode(episode) is not None:
+                    summary.resumed.append(rel)
+                    continue
+            else:
+                if writer.discard_episode(episode):
+                    why = describe_change(recorded, sources)
+                    logging.warning("%s: converting episode %r again: %s", rel, episode, why)
+                    summary.redone.append((rel, why))
+                _record_sources(out_dir, episode, sources)  # before any shard of it
             captions = load_captions(caption_path, gap_caption)
             info = probe_video(path)
             check_captions(captions, info)
@@ -425,7 +659,8 @@ def convert(
                 episode_frames(path, captions, fps, resolution, info.duration,
                                gaps),
                 extra=dict(video=rel, captions=os.path.relpath(caption_path, captions_dir),
-                           source_fps=info.fps, source_frames=info.num_frames),
+                           source_fps=info.fps, source_frames=info.num_frames,
+                           sources=sources),
             )  # fmt: skip
         except ConversionError as e:
             if not skip_bad:
@@ -437,7 +672,11 @@ def convert(
         summary.gap_frames += gaps[0]
         summary.shards_resumed += writer.stats.shards_resumed - before
     if not writer_has_episodes(writer):
-        raise ConversionError(f"{videos_dir}: every video was skipped:\n{summary}")
+        first = "; ".join(why for _, why in summary.skipped[:3])
+        more = f"; and {len(summary.skipped) - 3} more" if len(summary.skipped) > 3 else ""
+        raise ConversionError(
+            f"{videos_dir}: every video was skipped ({len(summary.skipped)}): {first}{more}"
+        )
     return writer.finalize(), summary
 
 
@@ -446,6 +685,9 @@ def writer_has_episodes(writer: DatasetWriter) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> ConversionSummary:
+    """The CLI. Bad input (ConversionError, other data errors, a held output folder) ends it
+    with one line on stderr, `convert_videos: <file>[:<line or cue>]: <what is wrong>`, and
+    exit status 2; any other exception is a bug and keeps its traceback."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--videos", required=True, help="folder of videos (searched recursively)")
     p.add_argument("--captions", required=True, help="folder of caption files, same layout")
@@ -459,12 +701,18 @@ def main(argv: Sequence[str] | None = None) -> ConversionSummary:
     p.add_argument("--gap_caption", default="", help="caption between timed cues")
     p.add_argument("--skip_bad", action="store_true", help="skip bad videos and count them")
     args = p.parse_args(argv)
-    meta, summary = convert(
-        args.videos, args.captions, args.out, resolution=args.resolution, fps=args.fps,
-        image_format=args.image_format, jpeg_quality=args.jpeg_quality,
-        frames_per_shard=args.frames_per_shard, index_every=args.index_every,
-        skip_bad=args.skip_bad, gap_caption=args.gap_caption,
-    )  # fmt: skip
+    from nuwa_jax.train.workdir_lock import WorkdirLockedError
+
+    try:
+        meta, summary = convert(
+            args.videos, args.captions, args.out, resolution=args.resolution, fps=args.fps,
+            image_format=args.image_format, jpeg_quality=args.jpeg_quality,
+            frames_per_shard=args.frames_per_shard, index_every=args.index_every,
+            skip_bad=args.skip_bad, gap_caption=args.gap_caption,
+        )  # fmt: skip
+    except (schema.DataError, WorkdirLockedError) as e:
+        print(f"convert_videos: {' '.join(str(e).splitlines())}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(summary)
     print(f"  {captions_lib.describe(meta.captions)}")
     return summary

@@ -5,7 +5,9 @@ fsynced and renamed when complete; an exception mid-shard removes the temporary 
 and a new writer removes any left by a killed process. A finished episode leaves a
 small marker (`_episodes/<episode>.json`, written atomically) so a rerun skips it
 without decoding anything; within an unfinished episode, finished shards are
-verified (CRCs, record count, first record) and kept. metadata.json is written last,
+verified (CRCs, record count, first record) and kept; `discard_episode` removes an
+episode's marker and shards for a caller whose sources changed (the video converter's
+fingerprints). metadata.json is written last,
 atomically, by `finalize`: a directory without it is not a data set.
 
 Captions: the writer counts every frame's caption (an episode's counts go into its
@@ -20,6 +22,7 @@ import collections
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -174,6 +177,26 @@ class DatasetWriter:
                 f"has {info.num_frames}"
             )
         return info, counts
+
+    def discard_episode(self, episode_id: str) -> list[str]:
+        """Removes what earlier runs wrote of an episode (its marker first, then every
+        shard file of it), so that it is written again from scratch: for a caller whose
+        sources changed. Returns the names removed."""
+        removed = []
+        marker = self._marker_path(episode_id)
+        if os.path.exists(marker):
+            os.remove(marker)
+            removed.append(os.path.join(EPISODE_MARKERS, os.path.basename(marker)))
+        shard = re.compile(
+            re.escape(schema.safe_episode_name(episode_id))
+            + r"\.\d{5,}"
+            + re.escape(schema.SHARD_SUFFIX)
+        )
+        for name in sorted(os.listdir(self.out_dir)):
+            if shard.fullmatch(name):
+                os.remove(os.path.join(self.out_dir, name))
+                removed.append(name)
+        return removed
 
     def add_finished_episode(self, episode_id: str) -> schema.EpisodeInfo | None:
         """Registers an episode finished by an earlier run; None if there is none. Its

@@ -7,7 +7,8 @@ warning naming the old holder. A live holder's lock refuses the next run with an
 naming the holder (pid, host, start time) and the lock file. The holder is recorded in
 the file as JSON only for those messages; the flock alone decides who holds the workdir.
 Multi-host: only process 0 of a run takes the lock (the trainer passes `enabled`), so the
-processes of one run do not contend.
+processes of one run do not contend. Other tools that own a folder for their run (the
+video converter: `<out>/convert.lock`) use the same class with their own file and words.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 LOCK_FILE = "train.lock"
+ADVICE = "A workdir belongs to one run: wait for that run to end, stop it, or use another workdir"
 
 
 class WorkdirLockedError(RuntimeError):
@@ -52,10 +54,19 @@ def _read_holder(fd: int) -> dict[str, Any] | None:
 
 class WorkdirLock:
     """The lock of one workdir: `acquire` it before the run touches the workdir and
-    `release` it at the end (or use it as a context manager)."""
+    `release` it at the end (or use it as a context manager). `lock_file`, `holder_kind`
+    and `advice` name the file and word the refusal for tools other than the trainer."""
 
-    def __init__(self, workdir: str | os.PathLike):
-        self.path = os.path.join(os.path.abspath(os.fspath(workdir)), LOCK_FILE)
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        *,
+        lock_file: str = LOCK_FILE,
+        holder_kind: str = "trainer",
+        advice: str = ADVICE,
+    ):
+        self.path = os.path.join(os.path.abspath(os.fspath(workdir)), lock_file)
+        self.holder_kind, self.advice = holder_kind, advice
         self._fd: int | None = None
         self.holder: dict[str, Any] | None = None
 
@@ -77,9 +88,8 @@ class WorkdirLock:
                 holder = _read_holder(fd)
                 os.close(fd)
                 raise WorkdirLockedError(
-                    f"{os.path.dirname(self.path)} is held by a live trainer: "
-                    f"{describe_holder(holder)} (lock file {self.path}). A workdir belongs to "
-                    "one run: wait for that run to end, stop it, or use another workdir"
+                    f"{os.path.dirname(self.path)} is held by a live {self.holder_kind}: "
+                    f"{describe_holder(holder)} (lock file {self.path}). {self.advice}"
                 ) from None
             except BaseException:
                 os.close(fd)
@@ -96,8 +106,9 @@ class WorkdirLock:
         previous = _read_holder(fd)
         if previous is not None:
             logging.warning(
-                "%s: taking over the lock of a trainer that is no longer running (%s)",
+                "%s: taking over the lock of a %s that is no longer running (%s)",
                 self.path,
+                self.holder_kind,
                 describe_holder(previous),
             )
         self.holder = dict(

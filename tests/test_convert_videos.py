@@ -14,15 +14,22 @@ from nuwa_jax.data import captions, schema
 from nuwa_jax.data import convert_videos as cv
 
 
-def write_video(path, num_frames, rate, codec="mpeg4", size=(40, 32)):
-    """Frame i is a flat grey of level 8 * i (so resampling can be checked by value)."""
+def write_video(path, num_frames, rate, codec="mpeg4", size=(40, 32), rotation=None):
+    """Frame i is a flat grey of level 8 * i (so resampling can be checked by value); with
+    `rotation` (display matrix, degrees counter-clockwise) the left half is black and the
+    right half white instead."""
     w, h = size
     with av.open(str(path), "w") as c:
         s = c.add_stream(codec, rate=rate)
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
         s.bit_rate = 20_000_000  # near-lossless: grey levels survive to +-1
+        if rotation is not None:
+            s.set_display_rotation(rotation)
         for i in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(np.full((h, w, 3), 8 * i, np.uint8), "rgb24")
+            image = np.full((h, w, 3), 8 * i, np.uint8)
+            if rotation is not None:
+                image[:, : w // 2], image[:, w // 2 :] = 0, 255
+            frame = av.VideoFrame.from_ndarray(image, "rgb24")
             for p in s.encode(frame):
                 c.mux(p)
         for p in s.encode():
@@ -465,3 +472,31 @@ def test_a_second_converter_into_one_folder_is_refused(dirs, capsys):
         assert [n for n in os.listdir(out / "_episodes") if schema.is_temp_name(n)]
     meta, _ = cv.convert(str(videos), str(caps), str(out), resolution=16, fps=5)
     assert len(meta.episodes) == 2 and not (out / cv.LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("ext, codec", [("mp4", "mpeg4"), ("webm", "libvpx")])
+def test_rotation_metadata_is_honoured(tmp_path, ext, codec):
+    videos, caps = tmp_path / "v", tmp_path / "c"
+    videos.mkdir()
+    caps.mkdir()
+    # Stored 40x32 with the left half black; as a phone stores portrait video: 90 degrees
+    # clockwise (-90), 90 counter-clockwise, upside down, and none.
+    for name, rotation in [("cw", -90), ("ccw", 90), ("flip", 180), ("none", 0)]:
+        write_video(videos / f"{name}.{ext}", 3, 5, codec=codec, rotation=rotation)
+        (caps / f"{name}.json").write_text('["x", "x", "x"]')
+    cv.convert(str(videos), str(caps), str(tmp_path / "o"), resolution=16, fps=0)
+    store = schema.FrameStore(tmp_path / "o")
+
+    def dark_side(name):
+        image = store.read_frames(name, [0]).images[0].mean(axis=-1)
+        sides = dict(top=image[:4], bottom=image[-4:], left=image[:, :4], right=image[:, -4:])
+        return min(sides, key=lambda k: sides[k].mean())
+
+    # Displayed upright, the stored left edge is at the top (turned clockwise), at the
+    # bottom (counter-clockwise), at the right (half a turn), at the left (no rotation).
+    assert [dark_side(n) for n in ("cw", "ccw", "flip", "none")] == [
+        "top",
+        "bottom",
+        "right",
+        "left",
+    ]

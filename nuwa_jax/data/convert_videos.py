@@ -8,9 +8,10 @@ For each video `<name>.<mp4|mkv|avi|webm>` under --videos, the captions are the 
     listed;
   - SRT / WebVTT: timed intervals; an output frame takes the caption of the interval
     holding its timestamp, `gap_caption` ('' by default) where none does.
-Frames are decoded with PyAV, resampled to --fps by timestamp (each output time takes
-the latest source frame at or before it; --fps 0 keeps every source frame), resized
-so the shorter side is --resolution and centre-cropped to a square.
+Frames are decoded with PyAV, turned upright by their rotation metadata (display matrix),
+resampled to --fps by timestamp (each output time takes the latest source frame at or
+before it; --fps 0 keeps every source frame), resized so the shorter side is
+--resolution and centre-cropped to a square.
 
 Caption files may start with a BOM; cue text has tags stripped, then entities decoded;
 overlapping cues join their texts (OVERLAP_RULE, with a warning). Errors name the file
@@ -354,10 +355,20 @@ def probe_video(path: str) -> VideoInfo:
     return VideoInfo(path, count, last + 1.0 / rate, rate)
 
 
+def upright_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """The frame as RGB, turned as its display matrix says (phone videos are stored
+    sideways with a rotation, as ffmpeg's -autorotate would show them). Flips in the matrix
+    are not applied; a rotation that is not a multiple of 90 degrees goes to the nearest."""
+    rgb = frame.to_ndarray(format="rgb24")
+    turns = round(float(getattr(frame, "rotation", 0) or 0) / 90) % 4  # counter-clockwise
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+
+
 def iter_resampled(
     path: str, fps: float, duration: float
 ) -> Iterator[tuple[int, float, np.ndarray]]:
-    """(source frame index, output time, RGB frame) at `fps` (0: every source frame)."""
+    """(source frame index, output time, upright RGB frame) at `fps` (0: every source
+    frame)."""
     try:
         with av.open(path) as container:
             stream = container.streams.video[0]
@@ -369,18 +380,18 @@ def iter_resampled(
             for i, frame in enumerate(container.decode(stream)):
                 ts = float(frame.time if frame.time is not None else i / 25.0)
                 if fps <= 0:
-                    yield i, ts, frame.to_ndarray(format="rgb24")
+                    yield i, ts, upright_rgb(frame)
                     continue
                 while prev is not None and j / fps < ts - eps and j / fps < end:
-                    yield prev[0], j / fps, prev[1].to_ndarray(format="rgb24")
+                    yield prev[0], j / fps, upright_rgb(prev[1])
                     j += 1
                 if prev is None:
                     while j / fps < ts - eps and j / fps < end:  # before the first frame
-                        yield i, j / fps, frame.to_ndarray(format="rgb24")
+                        yield i, j / fps, upright_rgb(frame)
                         j += 1
                 prev = (i, frame)
             while fps > 0 and prev is not None and j / fps < end:
-                yield prev[0], j / fps, prev[1].to_ndarray(format="rgb24")
+                yield prev[0], j / fps, upright_rgb(prev[1])
                 j += 1
     except (av.error.FFmpegError, OSError) as e:
         raise ConversionError(f"{path}: unreadable video (while decoding): {e}") from e

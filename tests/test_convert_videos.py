@@ -12,6 +12,7 @@ import pytest
 
 from nuwa_jax.data import captions, schema
 from nuwa_jax.data import convert_videos as cv
+from nuwa_jax.workdir_lock import WorkdirLock, WorkdirLockedError
 
 
 def write_video(path, num_frames, rate, codec="mpeg4", size=(40, 32), rotation=None):
@@ -450,7 +451,6 @@ def test_changed_captions_of_an_interrupted_episode_do_not_keep_its_shards(dirs,
 
 @pytest.mark.faults
 def test_a_second_converter_into_one_folder_is_refused(dirs, capsys):
-    from nuwa_jax.train.workdir_lock import WorkdirLock, WorkdirLockedError
 
     videos, caps, out = dirs
     holder = WorkdirLock(out, lock_file=cv.LOCK_FILE)

@@ -11,10 +11,11 @@ import pytest
 import trainer_setup
 from trainer_setup import tiny_config
 
+from nuwa_jax import workdir_lock
 from nuwa_jax.hierarchy import bundle
-from nuwa_jax.train import Checkpointer, train, workdir_lock
+from nuwa_jax.train import Checkpointer, train
 from nuwa_jax.train import trainer as trainer_lib
-from nuwa_jax.train.workdir_lock import LOCK_FILE, WorkdirLock, WorkdirLockedError
+from nuwa_jax.workdir_lock import LOCK_FILE, WorkdirLock, WorkdirLockedError
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_held_lock_refuses_a_second_holder_naming_the_first(tmp_path):
 def test_lock_held_by_another_live_process_is_refused(tmp_path):
     """flock across processes: a live holder in another process refuses this one."""
     script = (
-        "import sys; from nuwa_jax.train.workdir_lock import WorkdirLock; "
+        "import sys; from nuwa_jax.workdir_lock import WorkdirLock; "
         f"WorkdirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); sys.stdin.read()"
     )
     holder = subprocess.Popen(

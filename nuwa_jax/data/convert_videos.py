@@ -50,6 +50,7 @@ from nuwa_jax.data import captions as captions_lib
 from nuwa_jax.data import schema
 from nuwa_jax.data.writer import DatasetWriter
 from nuwa_jax.video_io import resize_and_crop
+from nuwa_jax.workdir_lock import WorkdirLock, WorkdirLockedError
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".webm")
 CAPTION_EXTENSIONS = (".json", ".csv", ".srt", ".vtt")
@@ -596,9 +597,6 @@ def convert(
     videos = find_videos(videos_dir)
     if not videos:
         raise ConversionError(f"{videos_dir}: no videos ({', '.join(VIDEO_EXTENSIONS)})")
-    # Imported here: nuwa_jax.train imports the data package (no import cycle at load).
-    from nuwa_jax.train.workdir_lock import WorkdirLock
-
     lock = WorkdirLock(
         out_dir,
         lock_file=LOCK_FILE,
@@ -712,8 +710,6 @@ def main(argv: Sequence[str] | None = None) -> ConversionSummary:
     p.add_argument("--gap_caption", default="", help="caption between timed cues")
     p.add_argument("--skip_bad", action="store_true", help="skip bad videos and count them")
     args = p.parse_args(argv)
-    from nuwa_jax.train.workdir_lock import WorkdirLockedError
-
     try:
         meta, summary = convert(
             args.videos, args.captions, args.out, resolution=args.resolution, fps=args.fps,

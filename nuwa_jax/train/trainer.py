@@ -49,7 +49,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from nuwa_jax import diffusion, parallel
+from nuwa_jax import diffusion, parallel, workdir_lock
 from nuwa_jax.data import captions, pipeline, schema, synthetic
 from nuwa_jax.hierarchy import bundle
 from nuwa_jax.hierarchy.models import (
@@ -63,7 +63,7 @@ from nuwa_jax.models.mardini import MarDini
 from nuwa_jax.models.mtd import MTD
 from nuwa_jax.models.text import TextEncoder, make_tokenizer
 from nuwa_jax.train import checkpoint as ckpt
-from nuwa_jax.train import curriculum, losses, metric_log, samples, workdir_lock
+from nuwa_jax.train import curriculum, losses, metric_log, samples
 from nuwa_jax.train import state as state_lib
 
 MODELS = ("vae", "mtd", "mardini")

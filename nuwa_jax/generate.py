@@ -10,6 +10,11 @@ timings are printed and written to `timings.json` next to the video. The mp4 is 
 as frames become final and, like every output, written under a temporary name and
 renamed when complete.
 
+Before any network is built or loaded, the request is checked: --frames against the most
+the hierarchy makes, the storyboard against --frames, --inputs' image sizes; a failure
+exits with status 2 and one line naming the flag, file or value. SIGTERM or SIGINT
+during a run removes every file it started (status 143 or 130).
+
 Weights: `--checkpoint=PATH` loads a hierarchy bundle (`python -m nuwa_jax.export` makes
 one from trainer runs; its sha256 is verified first). The config then comes from the
 bundle's manifest: `--config=FILE` is not read, `--config.a.b=v` overrides and the flags
@@ -51,14 +56,24 @@ hold one (random weights do), else the local MTD, which needs `--level`. `--save
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from absl import flags, logging
 
 from nuwa_jax import cli, parallel, storyboard, tasks
-from nuwa_jax.render import MissingWeightsError, generation_config, run_generation
+from nuwa_jax.render import (
+    GenerationError,
+    MissingWeightsError,
+    check_generation,
+    generation_config,
+    run_generation,
+)
 
 _CONFIG = cli.define_config_flag("configs/demo.py")
 _STORYBOARD = flags.DEFINE_string("storyboard", None, "Storyboard file (.json or text).")
@@ -142,6 +157,32 @@ def app_error(message: str) -> SystemExit:
     return SystemExit(2)
 
 
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGTERM (and SIGINT) raise SystemExit(128 + signal) in the main thread, so the
+    writers' cleanup (`finally`, `except BaseException`) removes every partial and finished
+    file of the run; Python's default for SIGTERM ends the process with none of it run.
+    Further signals are ignored while that cleanup runs. The old handlers come back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        del frame
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, signal.SIG_IGN)
+        name = signal.Signals(signum).name
+        print(f"error: {name}: stopped; the run's output files are removed", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
 def base_config(checkpoint: str | None) -> Any:
     """The --config file's config, or with a checkpoint the bundle's plus the command line's
     `--config.*` overrides (their values as parsed against the --config file)."""
@@ -149,6 +190,11 @@ def base_config(checkpoint: str | None) -> Any:
 
 
 def main(argv: list[str]) -> None:
+    with interruptible():
+        _main(argv)
+
+
+def _main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app_error(f"unexpected arguments {argv[1:]}")
     if _CHECKPOINT.value and _RANDOM.value:
@@ -166,7 +212,8 @@ def main(argv: list[str]) -> None:
         raise app_error(f"{', '.join(given)}: options of --task (a clip from given frames)")
     try:
         board = load_storyboard()
-    except storyboard.StoryboardError as e:
+        check_generation(config, board)  # before any network is built
+    except (storyboard.StoryboardError, GenerationError) as e:
         raise app_error(str(e)) from None
     try:
         report = run_generation(config, board, _OUT.value, _NAME.value, _SEED.value,

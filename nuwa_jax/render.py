@@ -22,11 +22,58 @@ class MissingWeightsError(ValueError):
     """No weights to generate with (no checkpoint, random weights not asked for)."""
 
 
+class GenerationError(ValueError):
+    """A video the config cannot make (frame count, schedule); the message names the flag
+    or config field and the value."""
+
+
 def write_json(path: str, data: Any) -> None:
-    tmp = f"{path}.partial"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    """`data` as indented JSON, written under a hidden temporary name and renamed."""
+
+    def save(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2)
+
+    video_io.write_atomically(path, save)
+
+
+def max_frames(config: Any) -> int | None:
+    """The most frames the config's schedule makes: N(depth) = (L-1)^depth + 1 for DoD
+    (`plan.generation_plan`), None (no bound) for the autoregressive baseline."""
+    from nuwa_jax.hierarchy import full_length
+
+    h = config.hierarchy
+    return full_length(h.frames_per_call, h.depth) if config.generation.schedule == "dod" else None
+
+
+def check_generation(config: Any, board: storyboard.Storyboard) -> list[str]:
+    """Everything about a storyboard video that can fail without networks, checked before
+    any is built: the schedule, the frame count (`--frames`, generation.num_frames) against
+    `max_frames`, the storyboard against that count (absolute ranges must tile it; every
+    relative scene must get a frame: storyboard.StoryboardError). Returns one prompt per
+    frame; GenerationError names the flag and value at fault."""
+    from nuwa_jax.hierarchy import full_length
+    from nuwa_jax.hierarchy.generator import SCHEDULES
+
+    h, g = config.hierarchy, config.generation
+    if g.schedule not in SCHEDULES:
+        raise GenerationError(f"--schedule={g.schedule}: choose one of {', '.join(SCHEDULES)}")
+    n = g.num_frames or full_length(h.frames_per_call, h.depth)
+    if n < 2:
+        raise GenerationError(f"--frames={n}: a video needs at least 2 frames")
+    most = max_frames(config)
+    if most is not None and n > most:
+        raise GenerationError(
+            f"--frames={n} (generation.num_frames): the DoD plan of this hierarchy makes at "
+            f"most {most} frames ((L-1)^depth + 1 with hierarchy.frames_per_call="
+            f"{h.frames_per_call}, hierarchy.depth={h.depth}); give --frames <= {most}"
+        )
+    if g.schedule == "ar" and not 1 <= g.ar_context_frames < h.frames_per_call:
+        raise GenerationError(
+            f"generation.ar_context_frames={g.ar_context_frames} must be in "
+            f"[1, {h.frames_per_call}) (hierarchy.frames_per_call)"
+        )
+    return board.frame_prompts(n)
 
 
 def generation_config(config: Any, checkpoint: str | None, argv: list[str] | None = None) -> Any:
@@ -42,6 +89,20 @@ def generation_config(config: Any, checkpoint: str | None, argv: list[str] | Non
 
     argv = sys.argv[1:] if argv is None else argv
     return bundle.generation_config(checkpoint, cli.config_overrides(config, argv))
+
+
+# Every file write_video makes, after the base name: removed together if the run fails.
+OUTPUT_SUFFIXES = (".mp4", "_keyframes.png", "_filmstrip.png", ".gif", "_timings.json")
+
+
+def remove_outputs(paths: list[str]) -> None:
+    """Removes the finished outputs of a run that failed (their temporary files are removed
+    by the writers themselves)."""
+    for path in paths:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
 
 
 @dataclasses.dataclass
@@ -102,7 +163,30 @@ def write_video(
 ) -> dict[str, Any]:
     """Generates one video of len(prompts) frames with `schedule` ('dod' or 'ar'), writes
     every output under `out_dir` (mp4, keyframes, filmstrip, gif, <name>_timings.json);
-    returns the report. The built generator's jitted functions are reused across calls."""
+    returns the report. The built generator's jitted functions are reused across calls.
+
+    Frames reach the mp4 as they become final (the generator's `on_frames`). If anything
+    fails or the run is interrupted (KeyboardInterrupt, or SystemExit from the CLI's SIGTERM
+    handler) every file of this run is removed, finished ones too: no partial set remains."""
+    outputs = [os.path.join(out_dir, f"{name}{suffix}") for suffix in OUTPUT_SUFFIXES]
+    try:
+        return _write_video(built, prompts, out_dir, name, seed, schedule, gif, progress)
+    except BaseException:
+        remove_outputs(outputs)
+        raise
+
+
+def _write_video(
+    built: Built,
+    prompts: list[str],
+    out_dir: str,
+    name: str,
+    seed: int,
+    schedule: str,
+    gif: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """write_video's work; its temporary files are removed by the writers on failure."""
     import numpy as np
 
     from nuwa_jax.hierarchy import bundle
@@ -157,12 +241,10 @@ def write_video(
 def run_generation(config: Any, board: storyboard.Storyboard, out_dir: str, name: str,
                    seed: int, random_weights: bool, gif: bool = True, progress: bool = True,
                    checkpoint: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """Builds the models (`build`), generates `config.generation.num_frames` frames (default
-    N(depth)) of `board` with the config's schedule, writes every output; returns the report."""
-    from nuwa_jax.hierarchy import full_length
-
-    h, g = config.hierarchy, config.generation
-    n = g.num_frames or full_length(h.frames_per_call, h.depth)
+    """Checks the request (`check_generation`: GenerationError, StoryboardError), builds the
+    models (`build`), generates `config.generation.num_frames` frames (default N(depth)) of
+    `board` with the config's schedule, writes every output; returns the report."""
+    prompts = check_generation(config, board)
     built = build(config, checkpoint, random_weights)
-    return write_video(built, board.frame_prompts(n), out_dir, name, seed, g.schedule, gif,
+    return write_video(built, prompts, out_dir, name, seed, config.generation.schedule, gif,
                        progress)  # fmt: skip

@@ -8,7 +8,9 @@ prompts of the absolute frame indices it generates.
 Two kinds of entry, in two file forms (docs/storyboard.md has the full grammar):
 
 - scenes with relative durations (`duration`): stretched proportionally to the video's
-  length, so one storyboard renders at 16 or at 3376 frames;
+  length, so one storyboard renders at 16 or at 3376 frames; a scene must get at least one
+  frame (a video too short for its scenes is a StoryboardError naming the first scene
+  left out, not a scene dropped unseen);
 - captions on absolute frame ranges (`start`, `end`, both inclusive): must tile
   [0, n) exactly for the requested n.
 
@@ -108,7 +110,15 @@ class Storyboard:
             acc += s.duration
             bounds.append(round(acc / total * num_frames))
         out = []
-        for s, a, b in zip(self.scenes, bounds[:-1], bounds[1:]):
+        for i, (s, a, b) in enumerate(zip(self.scenes, bounds[:-1], bounds[1:])):
+            if b == a:
+                enough = math.floor(total / min(x.duration for x in self.scenes)) + 1
+                raise StoryboardError(
+                    f"{self.source}: scene {i + 1} of {len(self.scenes)} ({s.prompt!r}, "
+                    f"duration {s.duration:g} of {total:g}) gets 0 of the {num_frames} frames; "
+                    f"every scene gets a frame at {enough} frames or more (--frames), or "
+                    "lengthen the short scenes"
+                )
             out += [s.prompt] * (b - a)
         return out
 

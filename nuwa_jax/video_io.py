@@ -5,8 +5,11 @@ from given frames).
 Everything is written under a temporary name in the target directory and renamed when
 complete, so a crash or a preemption never leaves a file that looks whole. The mp4 writer
 takes frames as they become final (generation finishes the last level chunk by chunk, in
-time order) so long videos never sit in memory whole. Readers raise `UnreadableFileError`
-naming the file.
+time order) so long videos never sit in memory whole, and flushes every packet the encoder
+has emitted to the partial file: libx264 holds back about 40 frames (its rc-lookahead,
+plus one per frame thread), so the file trails the final frames by that much. Readers
+raise `UnreadableFileError` naming the file; input images and videos must have sides
+within [MIN_INPUT_SIDE, MAX_INPUT_SIDE] pixels, checked from the header before decoding.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 
@@ -44,7 +48,11 @@ def _temp_path(path: str) -> str:
 class Mp4Writer:
     """Streams uint8 or [-1, 1] frames (H, W, 3) to an H.264 mp4, renamed into place on close.
 
-    Use as a context manager; an exception inside removes the partial file. `keep`: frame
+    Use as a context manager; an exception inside (KeyboardInterrupt and SystemExit too)
+    removes the partial file. Every packet the encoder emits is flushed to the partial
+    file at once (the muxer's `flush_packets`; by default it sits in a 32 KiB buffer, which
+    held a whole short video until close); libx264 itself emits a frame's packet about
+    40 frames later (rc-lookahead 40, plus one frame per encoder thread). `keep`: frame
     indices whose (uint8) frames are kept in memory as they stream by, for the stills
     (contact sheet, filmstrip, gif) written next to the mp4: `kept(indices)`.
     """
@@ -56,7 +64,12 @@ class Mp4Writer:
         if height % 2 or width % 2:
             raise ValueError(f"{path}: H.264 needs even frame sizes, got {height}x{width}")
         self.path, self._tmp = path, _temp_path(path)
-        self._container = av.open(self._tmp, mode="w", format="mp4")
+        try:
+            self._container = av.open(self._tmp, mode="w", format="mp4",
+                                      container_options={"flush_packets": "1"})  # fmt: skip
+        except BaseException:
+            os.remove(self._tmp)
+            raise
         self._stream = self._container.add_stream(
             "libx264", rate=Fraction(fps).limit_denominator(1000)
         )
@@ -126,7 +139,7 @@ def write_mp4(path: str, frames: Iterable[np.ndarray], fps: float) -> int:
     return writer.frames_written
 
 
-def _write_atomically(path: str, write: Callable[[str], None]) -> None:
+def write_atomically(path: str, write: Callable[[str], None]) -> None:
     """`write(tmp)` writes the file under a temporary name, then it is renamed to `path`."""
     tmp = _temp_path(path)
     try:
@@ -139,7 +152,7 @@ def _write_atomically(path: str, write: Callable[[str], None]) -> None:
 
 
 def _save_image(path: str, image: Image.Image, **kw) -> None:
-    _write_atomically(path, lambda tmp: image.save(tmp, format=kw.pop("format"), **kw))
+    write_atomically(path, lambda tmp: image.save(tmp, format=kw.pop("format"), **kw))
 
 
 def write_npy(path: str, frames: np.ndarray) -> None:
@@ -150,7 +163,7 @@ def write_npy(path: str, frames: np.ndarray) -> None:
         with open(tmp, "wb") as f:
             np.save(f, frames)
 
-    _write_atomically(path, save)
+    write_atomically(path, save)
 
 
 def write_gif(path: str, frames: np.ndarray, fps: float, max_frames: int = 512) -> None:
@@ -207,6 +220,20 @@ class UnreadableFileError(ValueError):
     """An input image or video cannot be read (the message names the file and why)."""
 
 
+# Input frames are resized to data.resolution (<= 256 in every config): smaller than 16 px
+# is no picture, larger than 4096 px only costs memory (10000x10000: 300 MB of RGB alone).
+MIN_INPUT_SIDE, MAX_INPUT_SIDE = 16, 4096
+
+
+def check_input_size(path: str, width: int, height: int) -> None:
+    """UnreadableFileError naming `path` unless both sides are within the input limits."""
+    if min(width, height) < MIN_INPUT_SIDE or max(width, height) > MAX_INPUT_SIDE:
+        raise UnreadableFileError(
+            f"{path}: {width}x{height} pixels; input frames need sides of {MIN_INPUT_SIDE} to "
+            f"{MAX_INPUT_SIDE} pixels"
+        )
+
+
 def resize_and_crop(image: np.ndarray, resolution: int) -> np.ndarray:
     """Shorter side to `resolution` (bicubic), then a centred square crop."""
     h, w = image.shape[:2]
@@ -218,13 +245,24 @@ def resize_and_crop(image: np.ndarray, resolution: int) -> np.ndarray:
 
 
 def read_image(path: str) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB."""
+    """An image file as (H, W, 3) uint8 RGB; its size is checked (`check_input_size`) from
+    the header, before the pixels are decoded (Image.open reads only the header)."""
     if not os.path.isfile(path):
         raise UnreadableFileError(f"{path}: no such file")
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # our limit, far below PIL's, applies instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            check_input_size(path, *im.size)
             return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:  # PIL refuses before giving the size
+        raise UnreadableFileError(
+            f"{path}: too large ({e}); input frames need sides of at most {MAX_INPUT_SIDE} pixels"
+        ) from e
+    except (OSError, ValueError) as e:
+        if isinstance(e, UnreadableFileError):
+            raise
         raise UnreadableFileError(f"{path}: unreadable image: {e}") from e
 
 
@@ -239,6 +277,8 @@ def read_video(path: str, max_frames: int | None = None) -> np.ndarray:
         with av.open(path) as container:
             if not container.streams.video:
                 raise UnreadableFileError(f"{path}: unreadable video: no video stream")
+            codec = container.streams.video[0].codec_context
+            check_input_size(path, codec.width, codec.height)
             for frame in container.decode(container.streams.video[0]):
                 frames.append(frame.to_ndarray(format="rgb24"))
                 if max_frames is not None and len(frames) >= max_frames:

@@ -657,3 +657,25 @@ def test_shipped_demo_bundle_is_whole_and_matches_configs_demo():
     assert size <= 25 * 2**20, f"{size / 2**20:.1f} MiB over the 25 MiB budget"
     bundle.check_architecture(common.base("demo"), manifest["config"], stem)
     assert {"vae", "mtd_global", "mtd_local"} <= set(manifest["sources"])
+
+
+@pytest.mark.faults
+def test_a_pickle_named_safetensors_is_refused_naming_the_file(tmp_path):
+    import pickle
+
+    weights = tmp_path / "fake.safetensors"
+    weights.write_bytes(pickle.dumps({"vae/w": np.zeros(3)}))
+    manifest = dict(format=bundle.FORMAT, format_version=bundle.FORMAT_VERSION,
+                    sha256=convert_common.sha256_file(weights), text_layout="shared",
+                    dtype="float16", config=bundle.config_to_dict(tiny_config()))  # fmt: skip
+    (tmp_path / "fake.json").write_text(json.dumps(manifest))
+    with pytest.raises(bundle.BundleError, match=f"{weights}: not a safetensors file"):
+        bundle.read_bundle(weights)
+    cmd = [sys.executable, "-m", "nuwa_jax.generate", f"--checkpoint={weights}", "--prompt=x",
+           "--frames=4", f"--out={tmp_path / 'out'}", "--progress=false"]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
+                         env={**os.environ, "PYTHONPATH": REPO})  # fmt: skip
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert run.stderr.startswith(f"error: {weights}: not a safetensors file (")
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr[-3000:]
+    assert not (tmp_path / "out").exists()

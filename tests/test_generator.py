@@ -170,3 +170,167 @@ def test_frame_prompts_hold_the_last_prompt_past_the_video():
     assert frame_prompts(prompts, np.arange(3)) == prompts
     with pytest.raises(ValueError, match="no prompts"):
         frame_prompts([], np.arange(2))
+
+
+# ---------------------------------------------------------------------------------------
+# Faults: bad requests fail before any network; failed or stopped runs leave no files.
+# ---------------------------------------------------------------------------------------
+@pytest.mark.faults
+def test_requests_are_checked_before_any_network_is_built(monkeypatch, tmp_path):
+    from nuwa_jax import render, storyboard
+
+    def no_networks(*args, **kw):
+        raise AssertionError("networks built")
+
+    monkeypatch.setattr(render, "build", no_networks)
+    prompt = storyboard.Storyboard.from_prompt("a red circle")
+
+    def run(config, board=prompt, frames=None, schedule="dod"):
+        with config.unlocked():
+            config.generation.num_frames, config.generation.schedule = frames, schedule
+        return render.run_generation(config, board, str(tmp_path / "out"), "video", 0, True)
+
+    # tiny: L = 4, depth 2 -> at most 10 frames; demo: L = 16, depth 3 -> 3376.
+    with pytest.raises(render.GenerationError, match=r"--frames=11 \(generation.num_frames\): "
+                       "the DoD plan of this hierarchy makes at most 10 frames"):  # fmt: skip
+        run(small_config(), frames=11)
+    with pytest.raises(render.GenerationError, match="--frames=3377 .* at most 3376 frames"):
+        run(common.base("demo"), frames=3377)
+    with pytest.raises(render.GenerationError, match="--frames=1: .* at least 2 frames"):
+        run(small_config(), frames=1)
+    ranges = storyboard.parse_text("0-9 | a\n10-19 | b\n", "board.txt")
+    with pytest.raises(storyboard.StoryboardError, match="board.txt: its frame ranges cover "
+                       "frames 0-19, but the video has 9 frames"):  # fmt: skip
+        run(small_config(), ranges, frames=9)
+    scenes = storyboard.parse_text("1 | a\n0.1 | b\n", "board.txt")
+    with pytest.raises(storyboard.StoryboardError, match=r"board.txt: scene 2 of 2 \('b'"):
+        run(small_config(), scenes, frames=5)
+    with pytest.raises(AssertionError, match="networks built"):  # ar: no bound on frames
+        run(small_config(), frames=11, schedule="ar")
+    assert not (tmp_path / "out").exists()
+
+
+def run_cli(*args, timeout=300):
+    cmd = [sys.executable, "-m", "nuwa_jax.generate", "--config=configs/tiny.py",
+           "--config.data.resolution=16", "--steps=2", "--progress=false", *args]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": REPO})  # fmt: skip
+
+
+@pytest.mark.faults
+def test_cli_refuses_bad_requests_in_one_line(tmp_path):
+    board = tmp_path / "board.txt"
+    board.write_text("0-19 | a red circle\n")
+    dot = tmp_path / "dot.png"
+    from PIL import Image
+
+    Image.new("RGB", (1, 1)).save(dot)
+    cases = [
+        (["--prompt=a red circle", "--frames=11"], "error: --frames=11 (generation.num_frames)"),
+        ([f"--storyboard={board}", "--frames=9"], f"error: {board}: its frame ranges cover"),
+        (["--task=interpolation", f"--inputs={dot},{dot}"], f"error: {dot}: 1x1 pixels"),
+    ]
+    for args, message in cases:
+        run = run_cli(*args, "--random_weights", f"--out={tmp_path / 'out'}")
+        assert run.returncode == 2, run.stderr[-3000:]
+        assert run.stderr.strip().splitlines() == [run.stderr.strip()], run.stderr[-3000:]
+        assert run.stderr.startswith(message), run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.faults
+def test_mp4_writer_flushes_packets_as_the_encoder_emits_them(tmp_path):
+    from nuwa_jax import video_io
+
+    x = np.linspace(-1, 1, 32)
+    writer = video_io.Mp4Writer(str(tmp_path / "v.mp4"), 8.0, 32, 32)
+    sizes = []
+    with writer:
+        for t in range(0, 96, 8):  # a moving gradient, 8 frames at a time
+            phase = (t + np.arange(8))[:, None, None, None] * 0.1
+            writer.write(np.sin(3 * x[None, None, :, None] + x[None, :, None, None] + phase)
+                         * np.ones((8, 32, 32, 3)))  # fmt: skip
+            sizes.append(os.path.getsize(writer._tmp))
+    # libx264 holds back ~40 frames (rc-lookahead); every packet after that is on disk at
+    # once (without flush_packets the 32 KiB I/O buffer held all ~6 KB until close).
+    assert sizes[3] == 0 or sizes[3] <= 48  # 32 frames: inside the encoder still
+    assert sizes[-1] > 1000 and all(b > a for a, b in zip(sizes[6:], sizes[7:])), sizes
+    assert os.listdir(tmp_path) == ["v.mp4"]
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_frames_reach_the_writer_as_final_and_a_failed_run_leaves_no_file(models8, tmp_path,
+                                                                          monkeypatch):  # fmt: skip
+    from nuwa_jax import render, video_io
+
+    gen = generator(models8, small_config(), jax.devices()[:1])  # one segment per call
+    built = render.Built(gen, None, 0.0)
+    calls, writes = [], []
+    run_chunk = gen._run_chunk
+
+    def counted(*args, **kw):
+        if len(calls) == fail_at:
+            raise RuntimeError("injected fault")
+        calls.append(1)
+        return run_chunk(*args, **kw)
+
+    gen._run_chunk = counted
+    write = video_io.Mp4Writer.write
+
+    def recorded(self, frames):  # (segment calls so far, frames) of each write
+        writes.append((len(calls), len(frames)))
+        write(self, frames)
+
+    monkeypatch.setattr(video_io.Mp4Writer, "write", recorded)
+
+    fail_at = None  # 9 frames: the global call, then local1's 3 segments one call each
+    render.write_video(built, PROMPTS, str(tmp_path / "ok"), "video", 3, "dod", progress=False)
+    # Decoded 4 frames (L) at a time: frames 0-3 after the first segment, the rest at the end.
+    assert len(calls) == 4 and writes == [(2, 4), (4, 4), (4, 1)]
+    assert len(os.listdir(tmp_path / "ok")) == 5
+
+    fail_at, writes[:], calls[:] = 3, [], []  # the last segment: frames 0-3 are written
+    with pytest.raises(RuntimeError, match="injected fault"):
+        render.write_video(built, PROMPTS, str(tmp_path / "mid"), "video", 3, "dod",
+                           progress=False)  # fmt: skip
+    assert writes == [(2, 4)] and os.listdir(tmp_path / "mid") == []
+
+    fail_at = None  # after the mp4 is complete: it goes too
+
+    def disk_full(*args, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(video_io, "write_gif", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        render.write_video(built, PROMPTS, str(tmp_path / "late"), "video", 3, "dod",
+                           progress=False)  # fmt: skip
+    assert os.listdir(tmp_path / "late") == []
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_sigterm_during_generation_removes_every_file(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "nuwa_jax.generate", "--config=configs/tiny.py",
+           "--config.data.resolution=16", "--steps=2", "--progress=false", "--prompt=a circle",
+           "--frames=10", "--random_weights", f"--out={out}"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not (out.exists() and any(".partial" in f for f in os.listdir(out))):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no partial mp4 within 300 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)  # generation has started: the mp4 writer is open
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "error: SIGTERM: stopped; the run's output files are removed" in stderr
+    assert os.listdir(out) == []

@@ -134,6 +134,40 @@ def test_bad_options_and_counts_name_the_flag_or_the_files(files, tmp_path):
         mt.read_inputs([pngs[0], clip], 16)
 
 
+@pytest.mark.faults
+def test_input_sizes_are_checked_from_the_header_before_any_network(files, tmp_path,
+                                                                     monkeypatch):  # fmt: skip
+    import time
+    import warnings
+
+    def no_networks(*args, **kw):
+        raise AssertionError("a network was built before the inputs were checked")
+
+    monkeypatch.setattr(mt, "_load_models", no_networks)
+    pngs, _ = files
+    dot = str(tmp_path / "dot.png")
+    Image.new("RGB", (1, 1)).save(dot)
+    wide = str(tmp_path / "wide.png")
+    Image.new("RGB", (4097, 16)).save(wide)
+    huge = str(tmp_path / "huge.png")  # 10^8 pixels: 300 MB decoded, a few KB as 1-bit PNG
+    Image.new("1", (10000, 10000)).save(huge)
+    for path, size in ((dot, "1x1"), (wide, "4097x16"), (huge, "10000x10000")):
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # not PIL's DecompressionBombWarning
+            with pytest.raises(video_io.UnreadableFileError,
+                               match=f"{path}: {size} pixels; input frames need sides of 16 to "
+                               "4096 pixels"):  # fmt: skip
+                mt.run_task(tiny_config(), "interpolation", [pngs[0], path], str(tmp_path),
+                            random_weights=True, progress=False)  # fmt: skip
+        assert time.perf_counter() - t0 < 5  # the header only: nothing decoded
+    small = str(tmp_path / "small.mp4")
+    video_io.write_mp4(small, [np.zeros((3, 8, 8, 3), np.uint8)], fps=8)
+    with pytest.raises(video_io.UnreadableFileError, match="small.mp4: 8x8 pixels"):
+        mt.read_inputs([small], 16)
+    assert sorted(os.listdir(tmp_path)) == ["dot.png", "huge.png", "small.mp4", "wide.png"]
+
+
 # ---------------------------------------------------------------------------------------
 # Each task end to end (tiny random networks, 2 DDIM steps).
 # ---------------------------------------------------------------------------------------

@@ -104,3 +104,12 @@ def test_load_files(tmp_path):
     assert sb.load(str(tmp_path / "b.txt")).frame_prompts(5) == ["a"] * 5
     with pytest.raises(sb.StoryboardError, match="nope.txt: no such storyboard file"):
         sb.load(str(tmp_path / "nope.txt"))
+
+
+@pytest.mark.faults
+def test_a_scene_that_gets_no_frame_is_an_error_naming_it():
+    board = sb.parse_text("1 | a\n0.1 | b\n5 | c\n", "plot.txt")
+    assert board.frame_prompts(61).count("b") == 1
+    with pytest.raises(sb.StoryboardError, match=r"plot.txt: scene 2 of 3 \('b', duration 0.1 "
+                       r"of 6.1\) gets 0 of the 30 frames.*at 61 frames or more"):  # fmt: skip
+        board.frame_prompts(30)

@@ -591,10 +591,15 @@ def assign_components(
 
 
 def _embedded_config(weights: str) -> dict[str, Any] | None:
-    from safetensors import safe_open
+    """The config in the weights file's metadata; BundleError naming the file if it is not
+    a safetensors file (e.g. a pickle renamed .safetensors)."""
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(weights, "np") as f:
-        metadata = f.metadata() or {}
+    try:
+        with safe_open(weights, "np") as f:
+            metadata = f.metadata() or {}
+    except SafetensorError as e:
+        raise BundleError(f"{weights}: not a safetensors file ({e})") from None
     return json.loads(metadata["config"]) if "config" in metadata else None
 
 

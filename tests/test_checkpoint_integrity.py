@@ -15,6 +15,8 @@ from trainer_setup import tiny_config
 from nuwa_jax.train import Checkpointer, NonFiniteError, train
 from nuwa_jax.train import checkpoint as ckpt
 
+pytestmark = pytest.mark.faults  # the reliability issue's fault-injection cases
+
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):

@@ -376,6 +376,7 @@ def test_bad_record_raises(bad_data_dir):
         take(it, 40)
 
 
+@pytest.mark.faults
 def test_bad_record_error_crosses_worker_processes(bad_data_dir):
     """A worker process's RecordError reaches the caller whole: file, record and reason
     (an exception that cannot be unpickled became a TypeError naming neither)."""
@@ -394,6 +395,7 @@ def test_bad_record_error_crosses_worker_processes(bad_data_dir):
     assert e.value.reason.startswith("bad data CRC")
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("workers", [0, 2])
 def test_bad_record_skipped(bad_data_dir, tmp_path, caplog, workers):
     """Skipped windows are counted, and the skipped records listed: one line per skip
@@ -434,6 +436,7 @@ def test_bad_record_skipped(bad_data_dir, tmp_path, caplog, workers):
         assert str(listing) in logged[0]
 
 
+@pytest.mark.faults
 def test_skipped_records_log_is_rate_limited(tmp_path, caplog):
     """The first `log_first` skips are logged one by one, then one line per `log_every`
     saying how many were not; the file lists all of them."""

@@ -311,6 +311,7 @@ def _data_error_classes() -> set[type]:
     return found
 
 
+@pytest.mark.faults
 def test_errors_survive_pickling():
     """Grain worker processes pickle an error to the parent: every data error must come
     back with its message and fields (RecordError once came back as a TypeError)."""

@@ -17,6 +17,8 @@ from nuwa_jax.train import Checkpointer, train
 from nuwa_jax.train import trainer as trainer_lib
 from nuwa_jax.workdir_lock import LOCK_FILE, WorkdirLock, WorkdirLockedError
 
+pytestmark = pytest.mark.faults  # the reliability issue's fault-injection cases
+
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):

@@ -17,10 +17,13 @@ every `--config.a.b` override names a key that exists, with the known keys in th
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import ml_collections
@@ -119,3 +122,29 @@ def check_config_overrides(argv: Sequence[str], default: str = DEFAULT_CONFIG) -
 def run(main: Callable[[list[str]], Any]) -> None:
     """`absl.app.run(main)`: flags parsed, then main(argv)."""
     app.run(main)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGTERM (and SIGINT) raise SystemExit(128 + signal) in the main thread, so the
+    writers' cleanup (`finally`, `except BaseException`) removes every partial and finished
+    file of the run; Python's default for SIGTERM ends the process with none of it run.
+    Further signals are ignored while that cleanup runs. The old handlers come back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        del frame
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, signal.SIG_IGN)
+        name = signal.Signals(signum).name
+        print(f"error: {name}: stopped; the run's output files are removed", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)

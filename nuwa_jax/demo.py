@@ -68,9 +68,10 @@ def main(argv: list[str]) -> None:
             config.diffusion.num_sampling_steps = RANDOM_WEIGHTS_STEPS
         if _FRAMES.value is not None:
             config.generation.num_frames = _FRAMES.value
-    report = run_generation(config, storyboard.load(STORYBOARD), _OUT.value, "video",
-                            _SEED.value, random_weights=not checkpoint,
-                            checkpoint=checkpoint)  # fmt: skip
+    with cli.interruptible():  # SIGTERM / SIGINT: the run's files are removed
+        report = run_generation(config, storyboard.load(STORYBOARD), _OUT.value, "video",
+                                _SEED.value, random_weights=not checkpoint,
+                                checkpoint=checkpoint)  # fmt: skip
     weights = "random weights" if not checkpoint else f"weights {report['weights']['path']}"
     print(f"\n{report['num_frames']} frames ({report['schedule']}, {weights}) written to "
           f"{_OUT.value}/: {', '.join(report['outputs'])}")  # fmt: skip

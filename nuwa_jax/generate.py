@@ -56,12 +56,8 @@ hold one (random weights do), else the local MTD, which needs `--level`. `--save
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 from absl import flags, logging
@@ -157,32 +153,6 @@ def app_error(message: str) -> SystemExit:
     return SystemExit(2)
 
 
-@contextlib.contextmanager
-def interruptible() -> Iterator[None]:
-    """SIGTERM (and SIGINT) raise SystemExit(128 + signal) in the main thread, so the
-    writers' cleanup (`finally`, `except BaseException`) removes every partial and finished
-    file of the run; Python's default for SIGTERM ends the process with none of it run.
-    Further signals are ignored while that cleanup runs. The old handlers come back after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum: int, frame: Any) -> None:
-        del frame
-        for s in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(s, signal.SIG_IGN)
-        name = signal.Signals(signum).name
-        print(f"error: {name}: stopped; the run's output files are removed", file=sys.stderr)
-        raise SystemExit(128 + signum)
-
-    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-
-
 def base_config(checkpoint: str | None) -> Any:
     """The --config file's config, or with a checkpoint the bundle's plus the command line's
     `--config.*` overrides (their values as parsed against the --config file)."""
@@ -190,7 +160,7 @@ def base_config(checkpoint: str | None) -> Any:
 
 
 def main(argv: list[str]) -> None:
-    with interruptible():
+    with cli.interruptible():
         _main(argv)
 
 

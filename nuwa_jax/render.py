@@ -10,6 +10,7 @@ renamed when complete.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 import time
@@ -96,13 +97,15 @@ OUTPUT_SUFFIXES = (".mp4", "_keyframes.png", "_filmstrip.png", ".gif", "_timings
 
 
 def remove_outputs(paths: list[str]) -> None:
-    """Removes the finished outputs of a run that failed (their temporary files are removed
-    by the writers themselves)."""
+    """Removes the outputs of a run that failed, finished or partial. The writers remove
+    their own temporary files; the sweep of `.<name>.*.partial*` also catches one that a
+    signal left between a writer's creation and its `with` block."""
     for path in paths:
-        try:
-            os.remove(path)
-        except FileNotFoundError:
-            pass
+        for each in [path, *glob.glob(video_io.partial_pattern(path))]:
+            try:
+                os.remove(each)
+            except FileNotFoundError:
+                pass
 
 
 @dataclasses.dataclass

@@ -14,11 +14,14 @@ within [MIN_INPUT_SIDE, MAX_INPUT_SIDE] pixels, checked from the header before d
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import math
 import os
+import signal
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from fractions import Fraction
 
 import numpy as np
@@ -33,15 +36,41 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
     return np.clip(np.round((frames + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def partial_pattern(path: str) -> str:
+    """The glob of the temporary files `_temp_path(path)` makes (for a caller's cleanup)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    base, ext = os.path.splitext(os.path.basename(path))
+    return os.path.join(glob.escape(directory), f".{glob.escape(base)}.*.partial{ext}")
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGTERM / SIGINT wait (are blocked, then delivered) while a temporary file is created
+    and its name handed over, so a signal never leaves a file no cleanup knows of."""
+    held = {signal.SIGTERM, signal.SIGINT}
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _temp_path(path: str) -> str:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     base, ext = os.path.splitext(os.path.basename(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".partial{ext}", dir=directory)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would outlive the rename
+    try:
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would outlive the rename
+    except BaseException:
+        os.remove(tmp)
+        raise
     return tmp
 
 
@@ -63,19 +92,26 @@ class Mp4Writer:
 
         if height % 2 or width % 2:
             raise ValueError(f"{path}: H.264 needs even frame sizes, got {height}x{width}")
-        self.path, self._tmp = path, _temp_path(path)
+        self.path, self._tmp = path, None
         try:
+            with _signals_held():
+                self._tmp = _temp_path(path)
             self._container = av.open(self._tmp, mode="w", format="mp4",
                                       container_options={"flush_packets": "1"})  # fmt: skip
         except BaseException:
-            os.remove(self._tmp)
+            if self._tmp is not None:
+                os.remove(self._tmp)
             raise
-        self._stream = self._container.add_stream(
-            "libx264", rate=Fraction(fps).limit_denominator(1000)
-        )
-        self._stream.height, self._stream.width = height, width
-        self._stream.pix_fmt = "yuv420p"
-        self._stream.options = {"crf": str(crf)}
+        try:
+            self._stream = self._container.add_stream(
+                "libx264", rate=Fraction(fps).limit_denominator(1000)
+            )
+            self._stream.height, self._stream.width = height, width
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.options = {"crf": str(crf)}
+        except BaseException:
+            self.abort()
+            raise
         self.frames_written = 0
         self._keep = {int(i) for i in keep}
         self._kept: dict[int, np.ndarray] = {}
@@ -141,12 +177,14 @@ def write_mp4(path: str, frames: Iterable[np.ndarray], fps: float) -> int:
 
 def write_atomically(path: str, write: Callable[[str], None]) -> None:
     """`write(tmp)` writes the file under a temporary name, then it is renamed to `path`."""
-    tmp = _temp_path(path)
+    tmp = None
     try:
+        with _signals_held():
+            tmp = _temp_path(path)
         write(tmp)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
         raise
 

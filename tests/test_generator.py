@@ -310,14 +310,17 @@ def test_frames_reach_the_writer_as_final_and_a_failed_run_leaves_no_file(models
 
 @pytest.mark.slow
 @pytest.mark.faults
-def test_sigterm_during_generation_removes_every_file(tmp_path):
+@pytest.mark.parametrize("entry", ["generate", "demo"])
+def test_sigterm_during_generation_removes_every_file(tmp_path, entry):
     import signal
     import time
 
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "nuwa_jax.generate", "--config=configs/tiny.py",
-           "--config.data.resolution=16", "--steps=2", "--progress=false", "--prompt=a circle",
-           "--frames=10", "--random_weights", f"--out={out}"]  # fmt: skip
+    cmd = [sys.executable, "-m", f"nuwa_jax.{entry}", "--config=configs/tiny.py",
+           "--config.data.resolution=16", "--steps=2", "--frames=10", "--random_weights",
+           f"--out={out}"]  # fmt: skip
+    if entry == "generate":
+        cmd += ["--progress=false", "--prompt=a circle"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})  # fmt: skip
     try:

@@ -81,6 +81,9 @@ BATCH_KEYS = (
 METRICS_FILE = "metrics.jsonl"
 INIT_FROM_FILE = "init_from.json"  # what train.init_from gave the run (read by export)
 TEXT_CONTEXT_FILE = "text_context.json"  # the store's captions against text.max_length
+# Written (atomically, process 0) when a run has trained all train.num_steps and saved its
+# final checkpoint; removed when a run starts that has steps left. Sweeps skip such points.
+FINISHED_FILE = "finished.json"
 
 
 class NonFiniteError(FloatingPointError):
@@ -802,6 +805,9 @@ def _train(config: Any, workdir: str, max_steps: int | None,
     jsonl = os.path.join(workdir, METRICS_FILE)
     if lead:  # lines a crashed run wrote after its last checkpoint are trained again
         truncate_metrics(jsonl, step)
+    finished = os.path.join(workdir, FINISHED_FILE)
+    if lead and step < t.num_steps and os.path.exists(finished):
+        os.remove(finished)  # e.g. resumed with a longer num_steps: not finished any more
     if step == 0 and lead:
         writer.write_hparams({k: v for k, v in config.train.items() if not isinstance(v, dict)})
     profile = None
@@ -882,4 +888,7 @@ def _train(config: Any, workdir: str, max_steps: int | None,
             _stop_trace()  # a run that ends inside the traced steps
         checkpointer.close()
         writer.flush()
+    if lead and step >= t.num_steps:  # after the final checkpoint is committed (close)
+        record = dict(step=step, num_steps=int(t.num_steps), time=time.time())
+        schema.atomic_write_bytes(finished, (json.dumps(record) + "\n").encode())
     return state

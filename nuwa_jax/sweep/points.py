@@ -177,7 +177,8 @@ def state(point: Point) -> str:
         return FINISHED
     if finished:
         return CHANGED
-    if recorded is not None or os.path.isdir(os.path.join(point.workdir, "checkpoints")):
+    started = ("checkpoints", trainer.METRICS_FILE)
+    if recorded is not None or any(os.path.exists(os.path.join(point.workdir, f)) for f in started):
         return PARTIAL
     return NEW
 

@@ -285,6 +285,11 @@ def test_tpu_vm_script(tmp_path, fake_gcloud):
     assert sorted(os.listdir(logdir)) == ["worker-0.log", "worker-1.log"]
     assert "--worker=1" in (logdir / "worker-1.log").read_text()
     assert "--worker=0" in out.stdout  # worker 0 is also shown
+    # The run's remote shell records its pid (then execs python): `stop` signals just it.
+    assert "echo $$ > ~/nuwa-jax/.run.pid" in runs[0][-1] and "exec .venv/bin/python" in runs[0][-1]
+    subprocess.run([script, "stop", "vm", "us-z"], env=env, check=True, capture_output=True)
+    stop = calls()[-1]
+    assert stop[7] == "--worker=all" and "kill -TERM $(cat ~/nuwa-jax/.run.pid)" in stop[-1]
 
 
 def test_sweep_on_tpu_vms(tmp_path, fake_gcloud):

@@ -4,23 +4,24 @@ Runs every point of the config file's get_hyper(h) (docs/sweeps.md): checks them
 finished ones, resumes partial ones, then writes ROOT/results.{md,csv,json}.
 """
 
+import logging
 import os
+import shlex
+import sys
+
+import jax
+from absl import flags
+
+from nuwa_jax import cli
+from nuwa_jax.sweep import hyper, launchers, results
+from nuwa_jax.sweep import points as points_lib
+from nuwa_jax.train import trainer
 
 # This process never touches an accelerator (a TPU chip is held by one process): its JAX
-# (data preparation) runs on CPU; the trainers it starts get the original environment.
+# (data preparation) runs on CPU, set before any backend starts; the trainers it starts
+# get the environment unchanged.
+jax.config.update("jax_platforms", "cpu")
 CHILD_ENV = dict(os.environ)
-os.environ["JAX_PLATFORMS"] = "cpu"
-
-import logging  # noqa: E402
-import shlex  # noqa: E402
-import sys  # noqa: E402
-
-from absl import flags  # noqa: E402
-
-from nuwa_jax import cli  # noqa: E402
-from nuwa_jax.sweep import hyper, launchers, results  # noqa: E402
-from nuwa_jax.sweep import points as points_lib  # noqa: E402
-from nuwa_jax.train import trainer  # noqa: E402
 
 _CONFIG = flags.DEFINE_string("config", None, "Sweep config file `path.py[:arg]` with "
                               "get_config(arg) and get_hyper(h).")  # fmt: skip

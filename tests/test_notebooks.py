@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import nbformat
 import numpy as np
+import pytest
 from nbclient import NotebookClient
 
 from nuwa_jax import video_io
@@ -22,6 +24,24 @@ from nuwa_jax.data import synthetic
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLAB = os.path.join(REPO, "colab")
 CELL_TIMEOUT_S = 600
+KERNEL = "nuwa-jax-tests"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel_of_this_interpreter(tmp_path_factory):
+    """A kernelspec that starts ipykernel with this interpreter (sys.executable), found
+    first on JUPYTER_PATH: a `python3` kernel installed elsewhere on the machine may
+    belong to another Python."""
+    root = tmp_path_factory.mktemp("jupyter")
+    spec = root / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": KERNEL, "language": "python"})
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JUPYTER_PATH", os.pathsep.join([str(root), os.environ.get("JUPYTER_PATH", "")]))
+        yield
 
 
 def parameter_cell(nb: nbformat.NotebookNode) -> int:
@@ -49,7 +69,7 @@ def inject(nb: nbformat.NotebookNode, params: dict) -> nbformat.NotebookNode:
 def execute(name: str, params: dict) -> tuple[nbformat.NotebookNode, float]:
     """Runs colab/<name> with `params` from the repository root; (notebook, seconds)."""
     nb = inject(nbformat.read(os.path.join(COLAB, name), as_version=4), params)
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+    client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL,
                             resources={"metadata": {"path": REPO}})  # fmt: skip
     t0 = time.perf_counter()
     client.execute()

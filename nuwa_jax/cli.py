@@ -119,9 +119,34 @@ def check_config_overrides(argv: Sequence[str], default: str = DEFAULT_CONFIG) -
             node = node[part]
 
 
+# absl's help flags print their text and exit with status 1; asked for, help is a success.
+HELP_FLAGS = frozenset({"help", "helpshort", "helpfull", "helpxml", "?"})
+
+
+def asks_for_help(argv: Sequence[str]) -> bool:
+    """Whether the command line (flags before any `--`) names one of absl's help flags."""
+    for arg in argv[1:]:
+        if arg == "--":
+            break
+        name, _, value = arg.lstrip("-").partition("=")
+        if arg.startswith("-") and name in HELP_FLAGS and value.lower() not in ("false", "0"):
+            return True
+    return False
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, except that a help flag exits with status 0, not absl's 1."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except SystemExit as e:
+        if e.code == 1 and asks_for_help(argv):
+            raise SystemExit(0) from None
+        raise
+
+
 def run(main: Callable[[list[str]], Any]) -> None:
-    """`absl.app.run(main)`: flags parsed, then main(argv)."""
-    app.run(main)
+    """`absl.app.run(main)`: flags parsed, then main(argv); `--help` exits 0."""
+    app.run(main, flags_parser=_parse_flags)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ batch 1, per-frame prompts of text.max_length tokens.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import jax
@@ -42,12 +43,15 @@ def describe(config: Any) -> dict[str, dict[str, float]]:
     """{component: {"parameters": n, "forward_gflops": f}} for text, VAE, one MTD, and
     MarDini's planner and generator (one mardini.num_frames clip at data.resolution; the
     planner's row holds its reconstruction head, the generator's the null signal)."""
-    from nuwa_jax.hierarchy.models import check_hierarchy, vae_class
+    from nuwa_jax.hierarchy.models import check_hierarchy, check_mardini, vae_class
     from nuwa_jax.models import mardini
     from nuwa_jax.models.mtd import MTD
     from nuwa_jax.models.text import TextEncoder
 
     check_hierarchy(config)
+    # The MarDini rows trace MarDini on the VAE's latents: a mismatch fails here, in
+    # milliseconds, with the keys named, not in the planner after every other row's trace.
+    check_mardini(config, hierarchy=False)
     L, res = config.hierarchy.frames_per_call, config.data.resolution
     factor = 2 ** (len(config.vae.block_out_channels) - 1)
     lat = (1, L, res // factor, res // factor, config.vae.latent_channels)
@@ -111,7 +115,11 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
 def main(argv: list[str], flag_values: dict[str, flags.FlagHolder]) -> None:
     del argv
     config = flag_values["config"].value
-    table = describe(config)
+    try:
+        table = describe(config)
+    except ValueError as e:  # sections of the config that do not fit together
+        print(f"error: {flag_values['config'].value.preset}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     h = config.hierarchy
     levels = h.depth if not h.share_local_models else min(h.depth, 2)
     print(f"config {config.preset}: L={h.frames_per_call}, depth={h.depth}, "

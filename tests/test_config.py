@@ -63,6 +63,17 @@ def _run_probe(*args):
     )
 
 
+def test_help_exits_zero_and_bad_flags_do_not():
+    """absl exits 1 after printing help; our CLIs exit 0 (help was asked for and given)."""
+    for flag in ("--help", "--helpfull"):
+        shown = _run_probe(flag)
+        assert shown.returncode == 0, (flag, shown.stderr)
+        assert "USAGE" in shown.stdout or "--config" in shown.stdout
+    assert _run_probe("--bogus_flag").returncode == 1
+    assert not cli.asks_for_help(["prog", "--help=false", "--", "--help"])
+    assert cli.asks_for_help(["prog", "--config=configs/tiny.py", "-?"])
+
+
 def test_cli_overrides_end_to_end():
     ok = _run_probe("--config=configs/flintstones.py:256", "--config.mesh.ici_fsdp=4")
     assert ok.returncode == 0, ok.stderr

@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 
 from configs import common
-from nuwa_jax import parallel
+from nuwa_jax import cli, parallel
 from nuwa_jax.describe import describe
 from nuwa_jax.hierarchy.models import HierarchyModels, check_hierarchy
 from nuwa_jax.models.mardini import MarDini
@@ -44,3 +44,12 @@ def test_mismatched_sections_are_named():
     config.hierarchy.depth = 4
     with pytest.raises(ValueError, match="num_level_embeddings >= depth - 1 = 3"):
         check_hierarchy(config)
+
+
+def test_mardini_on_other_latents_fails_before_tracing():
+    """MarDini reads the VAE's latents: describe names the mismatch at once (the paper-scale
+    config's 16-channel MarDini on a 4-channel VAE failed after minutes, inside the planner)."""
+    config = cli.load_config("configs/tiny.py")
+    config.mardini.latent_channels = config.vae.latent_channels * 4
+    with pytest.raises(ValueError, match=r"mardini.latent_channels=16 != vae.latent_channels=4"):
+        describe(config)

@@ -54,9 +54,8 @@ def repo_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Loads `path/to/config.py[:arg]` as config_flags does (relative paths: cwd, then repo)."""
-    path, _, arg = spec.partition(":")
+def load_config_module(path: str) -> Any:
+    """The module of config file `path` (relative paths: cwd, then the repository)."""
     if not os.path.exists(path) and os.path.exists(os.path.join(repo_root(), path)):
         path = os.path.join(repo_root(), path)
     if not os.path.exists(path):
@@ -64,6 +63,13 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     module_spec = importlib.util.spec_from_file_location("_nuwa_config", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
+    return module
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Loads `path/to/config.py[:arg]` as config_flags does (relative paths: cwd, then repo)."""
+    path, _, arg = spec.partition(":")
+    module = load_config_module(path)
     if not hasattr(module, "get_config"):
         raise AttributeError(f"config file {path!r} has no get_config(arg) function")
     return module.get_config(arg) if arg else module.get_config()

@@ -10,7 +10,6 @@ before anything runs. String values may hold `{root}` (the sweep's workdir), `{w
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 from collections.abc import Sequence
@@ -50,13 +49,7 @@ class Point:
 def load_hyper(spec: str) -> list[hyper.Point]:
     """The points of `path.py[:arg]`'s get_hyper(h) (a file without one: a single point)."""
     path = spec.partition(":")[0]
-    if not os.path.exists(path) and os.path.exists(os.path.join(cli.repo_root(), path)):
-        path = os.path.join(cli.repo_root(), path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"config file {path!r} does not exist")
-    module_spec = importlib.util.spec_from_file_location("_nuwa_sweep_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = cli.load_config_module(path)
     if not hasattr(module, "get_hyper"):
         return [{}]
     try:

@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: venv venv-dev demo train-demo table1 test lint format describe clean
+.PHONY: venv venv-dev demo train-demo table1 test test-fast lint format describe clean
 
 venv: $(VENV)/.runtime
 venv-dev: $(VENV)/.dev
@@ -37,14 +37,23 @@ table1: venv
 	bash launch/table1.sh runs/table1
 
 # Line 2 of the README: lint, format check and the whole test suite (8 simulated devices).
-# Two pytest workers (pytest-xdist), a test file per worker so module fixtures are shared:
-# most test time is single-threaded XLA:CPU compilation, so two cores take two at a time.
-# --durations: the 30 slowest tests, so every CI log says where the time goes.
+# Two pytest workers (pytest-xdist); worksteal hands out single tests and lets an idle
+# worker take queued tests from a busy one, so a run does not end on one busy worker
+# (loadfile did: a slow file's tests all queued on one worker).
+# --durations: the 15 slowest tests, so every CI log says where the time goes.
 TEST_WORKERS ?= 2
+PYTEST = $(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal --durations=15
 test: venv-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=30
+	$(PYTEST)
+
+# The suite without the tests marked slow (each marker says why): for the loop of editing
+# and testing. `make test` stays what CI runs.
+test-fast: venv-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(PYTEST) -m "not slow"
 
 lint: venv-dev
 	$(BIN)/ruff check .

@@ -371,7 +371,7 @@ def test_mardini_joins_a_bundle_or_makes_one_with_the_vae(runs, exported, tmp_pa
                  backbone="mtd", level=1)  # fmt: skip
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="exports a trained bundle and compiles its local MTD's sampler in the CLI")
 def test_interpolation_cli_with_the_bundles_local_mtd(exported, tmp_path):
     """`generate --checkpoint=B --task=interpolation --level=1 --save_frames --prompt=...`
     on an MTD-only bundle: the default backbone is its local MTD (with its own text
@@ -414,7 +414,7 @@ def test_interpolation_cli_with_the_bundles_local_mtd(exported, tmp_path):
     assert story.returncode == 2 and "--save_frames: options of --task" in story.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="trains two tiny MTD runs with a frozen text encoder")
 def test_frozen_text_is_one_shared_encoder_from_the_seed(tmp_path):
     """text.trainable False: MTD runs hold no text; the bundle's one text encoder is the
     seed's (what the runs trained against), the VAE the seed + 1 init (no --vae_workdir)."""
@@ -444,7 +444,7 @@ def test_frozen_text_is_one_shared_encoder_from_the_seed(tmp_path):
                                                               str(tmp_path / "mtd1")])  # fmt: skip
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="trains a VAE and MTDs briefly, then renders a video from their runs")
 def test_trained_runs_to_video_with_checkpoint(tmp_path):
     """The real trainer, one step per network -> export -> `generate --checkpoint`: the
     bundle holds the trainer's EMA and the video's report names the bundle."""

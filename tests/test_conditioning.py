@@ -14,15 +14,16 @@ import pytest
 
 from configs import common, conditioning
 from nuwa_jax import diffusion
+from nuwa_jax.evaluate.conditioning import Setting
 from nuwa_jax.hierarchy import bundle
 from nuwa_jax.hierarchy.generator import sample_level
-from nuwa_jax.train import losses
+from nuwa_jax.train import losses, train
 
 B, L, HW, C = 2, 5, 4, 4
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_BUNDLE = os.path.join(REPO, "checkpoints", "demo", "demo.json")
-STEPS = 400
-GLOBAL_STEPS = 600
+STEPS = 150
+GLOBAL_STEPS = 150
 
 
 def _given():
@@ -129,57 +130,61 @@ def test_every_variant_of_the_ablation_builds():
 
 @pytest.fixture(scope="module")
 def probe_work(tmp_path_factory):
-    """One directory for both slow probes: 16 training episodes, their latent store and
-    8 held-out episodes, rendered and encoded once (Setting.prepare reuses them)."""
+    """One directory for both slow probes: 8 training episodes, their latent store and
+    4 held-out episodes, rendered and encoded once (Setting.prepare reuses them)."""
     return tmp_path_factory.mktemp("conditioning")
 
 
 def _trained(variant: str, work, steps: int):
     """(setting, config, run) of configs/conditioning.py:`variant` trained `steps` steps on
-    one device (this is about learning; test_mtd pins sharded == unsharded)."""
-    from nuwa_jax.evaluate.conditioning import Setting
-    from nuwa_jax.train import train
-
+    one device (this is about learning; test_mtd pins sharded == unsharded), probed on 8
+    held-out clips sampled in 4 trailing DDIM steps (the ablation's benchmark takes 16
+    clips and 10 steps: benchmarks/conditioning.py)."""
     devices = jax.devices()[:1]
     cfg = conditioning.get_config(variant)
+    cfg.diffusion.num_sampling_steps = 4
     setting = Setting.prepare(
-        cfg, work, DEMO_BUNDLE, train_episodes=16, held_out_episodes=8, clips=16, devices=devices
+        cfg, work, DEMO_BUNDLE, train_episodes=8, held_out_episodes=4, clips=8, devices=devices
     )
     cfg = setting.train_config(cfg)
-    cfg.train.update(num_steps=steps, checkpoint_every=steps)
+    cfg.train.update(num_steps=steps, checkpoint_every=steps, log_every=50)
     run = os.path.join(work, variant.replace(":", "_"))
     train(cfg, run, devices=devices)
     return setting, cfg, run
 
 
-@pytest.mark.slow
-def test_briefly_trained_local_mtd_reads_its_given_frames(probe_work):
+@pytest.mark.slow(reason="trains a tiny local MTD for 150 steps and samples 16 clips: ~1.5 min")
+def test_briefly_trained_local_mtd_reads_its_given_frames(probe_work, cut_condition):
     """configs/conditioning.py's recipe, trained briefly: on held-out clips it interpolates
     far better with the clips' own ends than with another clip's (a model that ignores its
-    given frames scores the same with either), and close to the linear blend of the
-    encoded ends (the paper's recipe, 600 steps: 9 dB below it, docs/models.md)."""
+    given frames scores the same with either), and within a few dB of the linear blend of
+    the encoded ends (the paper's recipe, 600 steps: 9 dB below it, docs/models.md).
+    With the condition cut (--cut-condition) both fall to about 9 dB and this fails."""
     setting, cfg, run = _trained("recipe", probe_work, STEPS)
     result = setting.probe(cfg, run)["methods"]
-    blend = setting.reference(cfg)["methods"]["latent_blend"]["psnr_pooled"]
+    blend = setting.reference(cfg, ["latent_blend"])["methods"]["latent_blend"]["psnr_pooled"]
     true, wrong = result["mtd"]["psnr_pooled"], result["mtd@wrong_ends"]["psnr_pooled"]
     print(
-        f"held-out stride-4 interpolation after {STEPS} steps: {true:.2f} dB with the true "
-        f"ends, {wrong:.2f} dB with another clip's, latent blend {blend:.2f} dB"
+        f"held-out stride-4 interpolation after {STEPS} steps (condition cut: {cut_condition})"
+        f": {true:.2f} dB with the true ends, {wrong:.2f} dB with another clip's, latent "
+        f"blend {blend:.2f} dB"
     )
     assert true > wrong + 5.0, (true, wrong)
-    assert true > blend - 3.0, (true, blend)
+    assert true > blend - 4.0, (true, blend)
 
 
-@pytest.mark.slow
-def test_briefly_trained_global_mtd_shows_the_place_its_captions_name(probe_work):
+@pytest.mark.slow(reason="trains a tiny global MTD for 150 steps and samples 80 frames: ~2 min")
+def test_briefly_trained_global_mtd_shows_the_place_its_captions_name(probe_work, cut_condition):
     """The recipe's global MTD (level 0: nothing given, one caption per frame), trained
     briefly: the scenery of its frames is the place their captions name, far above chance
-    (7 places), with each clip's own captions and with another clip's (the same noise)."""
+    (1 in 7 places), with each clip's own captions and with another clip's (the same
+    noise). With the condition cut (--cut-condition) the places follow no caption and
+    this fails."""
     setting, cfg, run = _trained("recipe:global", probe_work, GLOBAL_STEPS)
     own = setting.scene_adherence(cfg, run)
     other = setting.scene_adherence(cfg, run, shift=1)
     print(
-        f"scene adherence after {GLOBAL_STEPS} steps: {own:.2f} (own captions), "
-        f"{other:.2f} (another clip's)"
+        f"scene adherence after {GLOBAL_STEPS} steps (condition cut: {cut_condition}): "
+        f"{own:.2f} (own captions), {other:.2f} (another clip's)"
     )
     assert own > 0.5 and other > 0.5, (own, other)

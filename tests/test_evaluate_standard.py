@@ -308,7 +308,7 @@ def test_inception_import_names_every_bad_key(torch_inception, tmp_path):
 
 
 @pytest.mark.parity
-@pytest.mark.slow
+@pytest.mark.slow(reason="builds I3D in JAX and in PyTorch and compares them")
 def test_i3d_matches_torch_layout(tmp_path):
     tmodel = _randomise(TI3D(), 1)
     path = _save(tmodel, tmp_path / "i3d.safetensors")
@@ -351,7 +351,7 @@ def test_standard_features_need_both_files(tmp_path):
 
 
 @pytest.mark.parity
-@pytest.mark.slow
+@pytest.mark.slow(reason="runs Inception in JAX and in PyTorch and compares them")
 def test_standard_extractor_matches_torch(torch_inception, tmp_path):
     from nuwa_jax.evaluate import standard
 

@@ -79,7 +79,7 @@ def _run(module, *args):
     )
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="trains the synthetic evaluation networks")
 def test_trained_networks_beat_chance_and_drive_the_evaluation(tmp_path):
     data, ref = str(tmp_path / "bench"), str(tmp_path / "ref")
     synthetic.write_benchmark(data, episodes=2, frames=64, resolution=32, seed=0)

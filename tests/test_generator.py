@@ -52,7 +52,7 @@ def eight_device_run(models8):
     return gen, video, streamed
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="compiles the tiny hierarchy's samplers for 1 and 8 devices")
 def test_same_video_on_1_and_8_devices_and_any_chunk_size(models8, eight_device_run):
     gen8, video8, _ = eight_device_run
     assert gen8.chunk == 8  # 8 data devices x 1 segment each: a level is one call
@@ -66,7 +66,7 @@ def test_same_video_on_1_and_8_devices_and_any_chunk_size(models8, eight_device_
     assert np.abs(other.latents - video8.latents).max() > 1e-2  # the seed matters
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="generates a whole tiny hierarchy on 8 devices")
 def test_frames_stream_once_in_order(eight_device_run):
     gen, video, streamed = eight_device_run
     assert gen.plan(len(PROMPTS)).depth == 2 and video.store.done[:9].all()
@@ -77,7 +77,7 @@ def test_frames_stream_once_in_order(eight_device_run):
     assert np.abs(frames).max() <= 1.0
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="generates the AR baseline on 8 devices")
 def test_autoregressive_baseline_chains_segments(eight_device_run):
     gen, _, _ = eight_device_run
     video = gen.generate(PROMPTS, seed=3, schedule="ar", progress=False)
@@ -89,7 +89,7 @@ def test_autoregressive_baseline_chains_segments(eight_device_run):
         gen.generate(PROMPTS, seed=3, schedule="zigzag")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="generates a tiny hierarchy on 8 devices")
 def test_a_prompt_longer_than_the_context_is_reported(eight_device_run, caplog):
     gen, _, _ = eight_device_run
     long = ", ".join(["a small orange triangle walks left"] * 4)  # 142 bytes, 144 tokens
@@ -101,7 +101,7 @@ def test_a_prompt_longer_than_the_context_is_reported(eight_device_run, caplog):
     assert len(warned) == 1 and "16 tokens dropped" in warned[0]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="runs the generate CLI end to end in a subprocess")
 def test_generate_cli_writes_every_output(tmp_path):
     board = tmp_path / "board.txt"
     long = ", ".join(["a small orange triangle walks left"] * 4)  # 144 tokens: 16 cut
@@ -137,7 +137,7 @@ def test_cli_refuses_bad_storyboard_and_missing_weights(tmp_path):
     assert both.returncode == 2 and "exactly one of --storyboard and --prompt" in both.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="generates several short videos on 8 devices")
 def test_short_videos_run_every_model_at_its_training_stride(eight_device_run):
     gen, _, _ = eight_device_run  # tiny: L = 4, hierarchy.depth = 2 (up to 10 frames)
     seen = []  # the texts of every model call, in order
@@ -258,7 +258,7 @@ def test_mp4_writer_flushes_packets_as_the_encoder_emits_them(tmp_path):
     assert os.listdir(tmp_path) == ["v.mp4"]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="generates videos with write failures injected")
 @pytest.mark.faults
 def test_frames_reach_the_writer_as_final_and_a_failed_run_leaves_no_file(models8, tmp_path,
                                                                           monkeypatch):  # fmt: skip
@@ -308,7 +308,7 @@ def test_frames_reach_the_writer_as_final_and_a_failed_run_leaves_no_file(models
     assert os.listdir(tmp_path / "late") == []
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="generate and the demo in subprocesses, stopped by SIGTERM")
 @pytest.mark.faults
 @pytest.mark.parametrize("entry", ["generate", "demo"])
 def test_sigterm_during_generation_removes_every_file(tmp_path, entry):

@@ -20,7 +20,7 @@ from nuwa_jax.hierarchy import HierarchyPlan
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="trains tiny models and samples every interpolation method")
 def test_interpolation_compares_every_method_on_held_out_clips(tmp_path):
     out, work = tmp_path / "interp.json", tmp_path / "work"
     args = [

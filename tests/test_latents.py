@@ -207,7 +207,7 @@ def test_bad_latent_record_names_file_and_record(store_dir, tmp_path):
         schema.FrameStore(copy).read_frames(store.episodes[0], [2])
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="encodes a latent store and trains an MTD from it")
 def test_mtd_trains_from_latent_store(store_dir, tmp_path):
     """Two MTD steps from the latent store alone (no frame store, no 'video'): finite
     losses; a VAE-weights lookup in that MTD run's workdir is refused."""
@@ -231,7 +231,7 @@ def test_mtd_trains_from_latent_store(store_dir, tmp_path):
         latents.load_vae(cfg, mesh, rules, vae_workdir=str(tmp_path))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="trains a VAE, then encodes a store with the CLI")
 def test_cli_encodes_with_a_trained_vae(frames_dir, tmp_path):
     """A 'vae' run's newest checkpoint: load_vae restores its EMA; the CLI writes a store
     recording that step, and a rerun skips every episode."""

@@ -180,7 +180,7 @@ CASES = [  # task, which inputs, options, output frames
 ]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="compiles MarDini's sampler for every task")
 def test_each_task_keeps_the_given_frames(models, files, tmp_path):
     pngs, clip = files
     cfg = tiny_config()
@@ -224,7 +224,7 @@ def test_each_task_keeps_the_given_frames(models, files, tmp_path):
     np.testing.assert_allclose(store.latents[:frames], result.latents, atol=2e-5)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="runs generate --task in subprocesses")
 def test_generate_cli_runs_a_task_and_refuses_bad_inputs(files, tmp_path):
     pngs, _ = files
     env = {**os.environ, "PYTHONPATH": REPO}
@@ -249,7 +249,7 @@ def test_generate_cli_runs_a_task_and_refuses_bad_inputs(files, tmp_path):
 # ---------------------------------------------------------------------------------------
 # Diffusion over Diffusion with MarDini locals.
 # ---------------------------------------------------------------------------------------
-@pytest.mark.slow
+@pytest.mark.slow(reason="generates a hierarchy with MarDini locals")
 def test_dod_with_mardini_locals_keeps_the_mtd_keyframes(models):
     cfg = tiny_config()
     cfg.diffusion.guidance_scale = 1.0  # the MTDs' guidance is tested elsewhere
@@ -362,7 +362,7 @@ def level_models(models):
                            models.mardini)  # fmt: skip
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="samples a level with the MTD and with MarDini")
 def test_level_interpolation_keeps_the_given_ends_with_either_backbone(level_models, files,
                                                                         tmp_path):  # fmt: skip
     """--level=2 with the local MTD and with MarDini: an L-frame clip whose first and last

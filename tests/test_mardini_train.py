@@ -190,7 +190,7 @@ def _metrics(workdir) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="trains MarDini's three curriculum stages in turn")
 def test_stages_train_their_parts_and_chain_through_init_from(data_dir, tmp_path):
     """The planner stage changes the planner (and its reconstruction head) only; the
     generator stage, started from the planner run's workdir (train.init_from), starts from

@@ -35,7 +35,7 @@ def test_two_process_global_batch_reduces_to_the_right_value():
     assert sorted(s["process"] for s in seen) == [0, 1]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="two JAX processes train, stop and resume")
 def test_trainer_runs_unchanged_as_two_processes_and_resumes(tmp_path):
     """`python -m nuwa_jax.train` as a 2-process world (2 CPU devices each, one shard file
     per process): 2 steps and a checkpoint, then a second launch resumes at step 2 and

@@ -322,7 +322,7 @@ def test_sweep_on_tpu_vms(tmp_path, fake_gcloud):
 # ----------------------------------------------------------------------------------------
 # The tiny sweep end to end: stopped mid-run, resumed, then skipped.
 # ----------------------------------------------------------------------------------------
-@pytest.mark.slow  # two CPU trainers compile and run 20 steps, twice: ~2 min on 2 cores
+@pytest.mark.slow(reason="two CPU trainers compile and run 20 steps, twice")
 def test_tiny_sweep_end_to_end(tmp_path, cache_dir):
     del cache_dir  # the trainers share the session's compilation cache (environment)
     root = tmp_path / "sweep"

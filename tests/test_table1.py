@@ -13,7 +13,7 @@ from nuwa_jax.data import schema, synthetic
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="generates DoD and AR videos, evaluates them and writes the table")
 def test_table1_generates_evaluates_and_fills_the_markdown(tmp_path):
     md = tmp_path / "results.md"
     md.write_text("# Results\n\nbefore\n\n<!-- table1:begin -->\nold\n<!-- table1:end -->\nafter\n")

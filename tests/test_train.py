@@ -44,7 +44,7 @@ def losses(workdir) -> list[float]:
         return [json.loads(line)["loss"] for line in f]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="trains a tiny MTD until its loss falls")
 def test_mtd_loss_falls(data_dir, cache_dir, tmp_path):
     """The global MTD's denoising loss on the synthetic benchmark falls within 40 steps."""
     cfg = tiny_config(data_dir, "mtd")
@@ -130,7 +130,7 @@ def test_text_context_that_cuts_captions_is_refused_or_counted(data_dir, tmp_pat
     assert trainer_lib.check_text_context(whole, make_tokenizer(whole.text)).cut_frames == 0
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="a trainer subprocess is stopped by SIGTERM, then resumed")
 def test_sigterm_saves_and_exits_zero_then_resumes(data_dir, cache_dir, tmp_path):
     workdir = tmp_path / "run"
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache_dir)
@@ -170,7 +170,7 @@ def test_sigterm_saves_and_exits_zero_then_resumes(data_dir, cache_dir, tmp_path
     assert Checkpointer(workdir, tiny_config(data_dir).train).latest_step() == step + 1
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="trains a tiny local-level MTD with frozen text")
 def test_local_level_mtd_with_frozen_text(data_dir, cache_dir, tmp_path, caplog):
     """Level 1 windows: the given first/last frames are left out of the loss; a frozen
     text encoder is not among the trained params. The run logs its distinct windows, and
@@ -208,7 +208,7 @@ def corrupt_records(src: str, dst: str, records) -> None:
             f.write(bytes([byte[0] ^ 0xFF]))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="trains with samples, a profile and corrupt records")
 def test_samples_profile_and_bad_records(data_dir, cache_dir, tmp_path):
     """sample_every: filmstrip PNGs (the first batch's first clip above its reconstruction)
     at steps 2 and 4, also logged as images; profile_steps: a trace under workdir; the
@@ -277,7 +277,7 @@ class _Images:
         self.images[step] = images
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="trains a tiny MTD and samples with its compiled sampler")
 def test_mtd_sampler_compiles_once_and_samples_the_held_clip(data_dir, cache_dir, tmp_path):
     """A shared local MTD (level embedding): the sampler (guided DDIM through the
     generator's sample_level, VAE decode) is traced once for all calls, is deterministic

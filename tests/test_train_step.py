@@ -26,7 +26,7 @@ def data_dir(tmp_path_factory):
     return trainer_setup.render_data(tmp_path_factory.mktemp("train_step_data"))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="compiles bf16 train steps of the VAE and the MTD")
 @pytest.mark.parametrize("model", ["vae", "mtd"])
 def test_bf16_compute_trains(data_dir, cache_dir, model):
     """compute.dtype='bfloat16': the step's convolutions run in bf16, the params and EMA
@@ -53,7 +53,7 @@ def test_bf16_compute_trains(data_dir, cache_dir, model):
     assert any(not np.array_equal(a, b) for a, b in zip(before, after))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="runs benchmarks/train_step.py in a subprocess")
 def test_train_step_benchmark_writes_its_json(cache_dir, tmp_path):
     """benchmarks/train_step.py on a 16 px VAE and a tiny MarDini: step time, examples/s and
     the step's FLOPs (fwd + bwd + update of the global batch); CPU has no peak, so MFU is

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -115,10 +116,13 @@ class Setting:
         gen = self.generator(config, run)
         return interpolation.compare(gen, self.clips, ["mtd"], self.level, wrong_ends=True)
 
-    def reference(self, config: Any) -> dict[str, Any]:
-        """The pixel blend, the latent blend and the VAE ceiling on the same clips."""
+    def reference(
+        self, config: Any, methods: Sequence[str] = ("blend", "latent_blend", "vae")
+    ) -> dict[str, Any]:
+        """The baselines on the same clips: by default the pixel blend, the latent blend
+        and the VAE ceiling."""
         gen = self.generator(config, None)
-        return interpolation.compare(gen, self.clips, ["blend", "latent_blend", "vae"], self.level)
+        return interpolation.compare(gen, self.clips, list(methods), self.level)
 
     def scene_adherence(self, config: Any, run: str | os.PathLike, shift: int = 0) -> float:
         """Share of the frames that a global run samples for the held-out clips (nothing

@@ -159,7 +159,7 @@ def test_briefly_trained_local_mtd_reads_its_given_frames(probe_work, cut_condit
     far better with the clips' own ends than with another clip's (a model that ignores its
     given frames scores the same with either), and within a few dB of the linear blend of
     the encoded ends (the paper's recipe, 600 steps: 9 dB below it, docs/models.md).
-    With the condition cut (--cut-condition) both fall to about 9 dB and this fails."""
+    With the condition cut (--cut-condition) both are about 10 dB and this fails."""
     setting, cfg, run = _trained("recipe", probe_work, STEPS)
     result = setting.probe(cfg, run)["methods"]
     blend = setting.reference(cfg, ["latent_blend"])["methods"]["latent_blend"]["psnr_pooled"]

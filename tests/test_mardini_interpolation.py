@@ -15,10 +15,10 @@ episodes never trained on.
 The reference is `latent_blend` (nuwa_jax.evaluate.interpolation): the encoded ends mixed
 linearly and decoded, the blend in the space MarDini generates, with the same VAE error.
 MarDini must come within 1.5 dB of it, pooled over every clip and in the per-clip mean
-over the moving clips. Measured on 2 cores (2026-12-07): MarDini 22.16 / 23.72 dB
-against 22.93 / 24.80; a model that never sees the ends scores far lower. The longer
-setting that beats both blends (32 episodes, 3000 steps: MarDini 23.16 dB pooled
-against the latent blend's 22.73) is in docs/mardini.md.
+over the moving clips. Measured on 2 cores (2026-12-07): MarDini 22.73 / 24.64 dB
+against 22.93 / 24.80; with the condition cut (it never sees the ends) 8.95 dB pooled.
+The longer setting that beats both blends (32 episodes, 3000 steps: MarDini 23.16 dB
+pooled against the latent blend's 22.73) is in docs/mardini.md.
 """
 
 import os

@@ -314,6 +314,7 @@ def test_export_is_atomic(exported, tmp_path, monkeypatch):
         np.testing.assert_array_equal(reloaded[path], value.astype(np.float16).astype(np.float32))
 
 
+@pytest.mark.slow(reason="trains MarDini briefly and exports it into bundles")
 def test_mardini_joins_a_bundle_or_makes_one_with_the_vae(runs, exported, tmp_path):
     """--mardini_workdir: MarDini beside the MTDs (MarDini locals), or with the VAE alone
     (the tasks); loaded weights == its EMA; wrong runs and a missing run are named."""
@@ -514,6 +515,7 @@ def init_from_bundle(cfg, path, workdir, level=1):
     return trainer.init_from(cfg, *_STEPS[key], workdir)
 
 
+@pytest.mark.slow(reason="exports a bundle, then trains an MTD from it")
 def test_init_from_bundle_starts_an_mtd_run_at_its_weights(runs, exported, tmp_path):
     """train.init_from=<bundle>.json: the level-1 run's MTD and text encoder (params and EMA)
     are exactly the bundle's bfloat16 mtd_local1 / text_local1, at step 0; the run's
@@ -541,6 +543,7 @@ def test_init_from_bundle_starts_an_mtd_run_at_its_weights(runs, exported, tmp_p
     }
 
 
+@pytest.mark.slow(reason="builds runs against bundles that do not fit")
 def test_init_from_a_bundle_that_does_not_fit_names_file_and_component(exported, tmp_path):
     out, _ = exported
     cfg = tiny_config()
@@ -590,6 +593,7 @@ def test_latent_scale_binds_the_diffusion_models_not_the_vae(runs, exported, tmp
         np.testing.assert_array_equal(np.asarray(value), as_bf16(ema[name]))
 
 
+@pytest.mark.slow(reason="trains on from a bundle and exports again")
 def test_continuing_a_bundle_keeps_its_vae_and_counts_steps(runs, exported, tmp_path):
     """The demo's continue mode: latents encoded with --vae_bundle record the bundle; MTD
     runs on them, one started from the bundle, export with --vae_bundle over that same

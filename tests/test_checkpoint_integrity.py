@@ -80,6 +80,7 @@ def step_dir(workdir, step) -> str:
     return os.path.join(workdir, ckpt.CHECKPOINT_DIR, str(step))
 
 
+@pytest.mark.slow(reason="its module fixture trains a tiny run")
 def test_manifest_written_for_every_saved_step(run, data_dir):
     assert Checkpointer(run, config(data_dir).train).all_steps() == [2, 4]
     for step in (2, 4):
@@ -88,6 +89,7 @@ def test_manifest_written_for_every_saved_step(run, data_dir):
 
 
 @pytest.mark.parametrize("damage", [flip_bytes, truncate])
+@pytest.mark.slow(reason="trains and restores a run for each kind of damage")
 def test_damaged_newest_step_falls_back(workdir, data_dir, caplog, damage):
     """Bytes flipped / a file truncated in step 4: the resume restores step 2, names the
     damaged step and file, and sets step 4 aside so the run can save it again."""
@@ -141,6 +143,7 @@ def test_orbax_failure_on_unverified_step_falls_back(workdir, data_dir, caplog):
     assert "orbax cannot restore" in caplog.text and "step 4" in caplog.text
 
 
+@pytest.mark.slow(reason="trains to a poisoned step")
 def test_nan_names_the_newest_verified_step(data_dir, cache_dir, tmp_path):
     cfg = config(data_dir)
     cfg.train.debug_nan_at_step = 3  # the 4th step

@@ -11,6 +11,7 @@ from nuwa_jax.hierarchy.models import HierarchyModels, check_hierarchy
 from nuwa_jax.models.mardini import MarDini
 
 
+@pytest.mark.slow(reason="builds every preset's models and costs them")
 def test_counts_match_built_models_and_flops_scale():
     config = common.base("tiny")
     table = describe(config)

@@ -37,6 +37,7 @@ def test_frame_labels_follow_the_episode_state():
     assert (lab["action"] >= 0).sum() == lab["present"].sum()
 
 
+@pytest.mark.slow(reason="builds, saves and reloads the evaluation networks")
 def test_weights_round_trip_and_tampering_is_refused(tmp_path):
     image_net, clip_net = snet.build(SMALL, seed=3)
     path = snet.save(tmp_path / "w" / "feat", image_net, clip_net, {"note": "untrained"})

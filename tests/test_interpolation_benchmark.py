@@ -64,6 +64,7 @@ def test_interpolation_compares_every_method_on_held_out_clips(tmp_path):
         assert blend["psnr_mean"] == pytest.approx(np.mean(finite))
 
 
+@pytest.mark.slow(reason="renders held-out episodes and encodes their clips")
 def test_held_out_clips_and_the_blends(tmp_path):
     """held_out_clips reads each clip at its window from the store (frames and captions);
     `blend` mixes the true ends in pixels, `latent_blend` the encoded ends in latents,

@@ -213,6 +213,7 @@ def test_check_config_refuses_perceptual_without_weights(tmp_path):
     trainer_lib.check_config(cfg)
 
 
+@pytest.mark.slow(reason="compiles the VAE's train step with LPIPS and the GAN")
 def test_vae_step_with_lpips_and_gan(tmp_path):
     """perceptual_weight > 0 (a converted random tiny LPIPS) and adversarial_weight > 0
     from step 0: finite losses, every term logged, the discriminator trains, LPIPS not."""

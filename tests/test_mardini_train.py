@@ -78,6 +78,7 @@ class _Changed:
         return jnp.where(self.where, r - 5.0, r)
 
 
+@pytest.mark.slow(reason="compiles MarDini's loss and its gradient")
 def test_masked_loss_ignores_kept_frames():
     """losses.mardini_loss counts the generated frames only: changing the prediction (or the
     planner stage's reconstruction) on the kept frames leaves it unchanged; on a generated

@@ -241,6 +241,7 @@ def test_condition_input_starts_as_the_image_unet_and_carries_the_given_frames(
         _build(cfg, condition_input="both")
 
 
+@pytest.mark.slow(reason="compiles the MTD with remat on 1 and on 8 devices")
 def test_sharded_with_remat_equals_unsharded(cfg, imported, inputs):
     """data=2, fsdp=2, tensor=2, blocks under nnx.remat('dots'): the unsharded output."""
     config = copy.deepcopy(cfg)

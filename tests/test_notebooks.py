@@ -109,6 +109,7 @@ def test_notebooks_are_committed_without_outputs_and_have_parameters():
                 compile(cell.source, name, "exec")  # no IPython magics: plain Python
 
 
+@pytest.mark.slow(reason="executes the quickstart notebook in a kernel")
 def test_quickstart_runs_and_plays_the_video(tmp_path):
     frames = 31
     nb, seconds = execute("quickstart.ipynb", dict(FRAMES=frames, STEPS=2, OUT_DIR=str(tmp_path)))
@@ -127,6 +128,7 @@ def test_quickstart_runs_and_plays_the_video(tmp_path):
     assert [lv["segments"] for lv in report["levels"]] == [1, 1, 2]
 
 
+@pytest.mark.slow(reason="executes the MarDini tasks notebook in a kernel")
 def test_mardini_tasks_run_on_a_given_video(tmp_path):
     """The user's video (here a synthetic one written first) through the trained local MTD
     (interpolation) and a random-weight MarDini (every task of RANDOM_TASKS)."""

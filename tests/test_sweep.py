@@ -292,6 +292,7 @@ def test_tpu_vm_script(tmp_path, fake_gcloud):
     assert stop[7] == "--worker=all" and "kill -TERM $(cat ~/nuwa-jax/.run.pid)" in stop[-1]
 
 
+@pytest.mark.slow(reason="drives the sweep's TPU VM launcher against a fake gcloud")
 def test_sweep_on_tpu_vms(tmp_path, fake_gcloud):
     env, calls, fetch = fake_gcloud
     (fetch / trainer.METRICS_FILE).write_text(json.dumps({"step": 20, "loss": 0.25}) + "\n")

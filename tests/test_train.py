@@ -60,6 +60,7 @@ def test_mtd_loss_falls(data_dir, cache_dir, tmp_path):
     assert ratio < 0.75, (ratio, loss)
 
 
+@pytest.mark.slow(reason="trains 6 steps, and 3 + 3 with a resume, and compares the states")
 def test_exact_resume(data_dir, cache_dir, tmp_path):
     """k steps + stop + N-k steps == N steps uninterrupted, bit for bit (params and EMA),
     with gradient accumulation (MultiSteps state) and the data position in the checkpoint."""
@@ -79,6 +80,7 @@ def test_exact_resume(data_dir, cache_dir, tmp_path):
     assert losses(tmp_path / "full") == losses(tmp_path / "split")
 
 
+@pytest.mark.slow(reason="trains to a poisoned step, then resumes from the last good one")
 def test_nan_stops_and_keeps_last_good_checkpoint(data_dir, cache_dir, tmp_path):
     cfg = tiny_config(data_dir)
     cfg.train.checkpoint_every = 2

@@ -151,6 +151,7 @@ def test_tklvae_at_init_equals_klvae_per_frame(klvae, tklvae):
     assert np.abs(rec_pb[:, 1] - rec_p[:, 1]).max() > 1e-3
 
 
+@pytest.mark.slow(reason="compiles the T-KLVAE on 1 and on 8 devices")
 def test_sharded_tklvae_matches_unsharded():
     cfg = configs.base("tiny")
     cfg.mesh.ici_fsdp, cfg.mesh.ici_tensor = 2, 2

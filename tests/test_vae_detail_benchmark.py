@@ -13,6 +13,7 @@ from nuwa_jax.data import synthetic
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow(reason="runs benchmarks/vae_detail.py")
 def test_vae_detail_counts_the_characters_pixels(tmp_path):
     out = tmp_path / "detail.json"
     args = [sys.executable, "benchmarks/vae_detail.py", "--config=configs/tiny.py",

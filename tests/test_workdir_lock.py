@@ -114,6 +114,7 @@ def test_truncate_metrics_drops_lines_past_the_step(tmp_path):
 # -----------------------------------------------------------------------------------------
 # The trainer.
 # -----------------------------------------------------------------------------------------
+@pytest.mark.slow(reason="trains one run four times over")
 def test_trainer_holds_the_lock_refuses_config_changes_and_keeps_one_line_per_step(
     data_dir, cache_dir, tmp_path
 ):

@@ -92,7 +92,7 @@ def main(argv: list[str]) -> None:
             train_seconds=round(seconds, 1),
         )
         if _GLOBAL.value:
-            own, other = setting.scene_adherence(cfg, run), setting.scene_adherence(cfg, run, 1)
+            own, other = setting.scene_adherence(cfg, run, shifts=(0, 1))
             row.update(scene_adherence=own, scene_adherence_other_captions=other)
             print(
                 f"{name}: scene adherence {own:.2f} (own captions), {other:.2f} (another clip's)",

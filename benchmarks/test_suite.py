@@ -5,7 +5,8 @@
 
 Runs pytest in this process with the Makefile's options (two xdist workers, worksteal)
 and a small plugin that collects every test's report on the controller: its duration
-(setup + call + teardown), outcome and markers. Appends one run to
+(setup + call + teardown), the part of it spent tracing and compiling (conftest.py
+measures it in each worker), outcome and markers. Appends one run to
 benchmarks/results/test_suite.json (earlier runs are kept, newest last): wall time, the
 sum of test times per marker (a test counts under each of its markers, and under
 "unmarked"), the 15 slowest tests, the counts of outcomes, report.environment()
@@ -35,12 +36,13 @@ class Collector:
 
     def __init__(self):
         self.tests: dict[str, dict] = collections.defaultdict(
-            lambda: dict(seconds=0.0, outcome="passed", markers=[])
+            lambda: dict(seconds=0.0, compile_seconds=0.0, outcome="passed", markers=[])
         )
 
     def pytest_runtest_logreport(self, report):
         test = self.tests[report.nodeid]
         test["seconds"] += report.duration
+        test["compile_seconds"] += dict(report.user_properties).get("compile_seconds", 0.0)
         test["markers"] = sorted(m for m in MARKERS if m in report.keywords)
         if report.failed:
             test["outcome"] = "failed"
@@ -58,9 +60,13 @@ def summarise(tests: dict[str, dict], wall: float) -> dict:
     return dict(
         wall_seconds=round(wall, 1),
         test_seconds=round(sum(t["seconds"] for t in tests.values()), 1),
+        compile_seconds=round(sum(t["compile_seconds"] for t in tests.values()), 1),
         per_marker_seconds={k: round(v, 1) for k, v in sorted(per_marker.items())},
         outcomes=dict(collections.Counter(t["outcome"] for t in tests.values())),
-        slowest=[dict(test=k, seconds=round(v["seconds"], 1)) for k, v in slowest],
+        slowest=[
+            dict(test=k, seconds=round(v["seconds"], 1), compile_seconds=v["compile_seconds"])
+            for k, v in slowest
+        ],
     )
 
 
@@ -69,6 +75,9 @@ def main() -> int:
     parser.add_argument("--label", required=True, help="What this run measures.")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=os.path.join(report.RESULTS, "test_suite.json"))
+    parser.add_argument(
+        "--every-test", help="Also write every test's figures to this JSON file (sorted)."
+    )
     parser.add_argument("pytest_args", nargs="*", help="More pytest arguments (after --).")
     args = parser.parse_args()
     load_at_start = os.getloadavg()
@@ -88,6 +97,9 @@ def main() -> int:
         load_average_at_start=load_at_start,
         load_average_at_end=os.getloadavg(),
     )
+    if args.every_test:
+        every = sorted(collector.tests.items(), key=lambda kv: -kv[1]["seconds"])
+        report.write_result("test_suite_every_test", dict(every), args.every_test)
     runs = []
     if os.path.exists(args.out):
         with open(args.out) as f:

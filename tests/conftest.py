@@ -34,6 +34,24 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 
+# Seconds this process spends tracing, lowering and compiling with XLA, so that each test
+# report says how much of its time went to compiles (benchmarks/test_suite.py sums them).
+# Compiles in a test's subprocesses are not counted; cache hits cost no backend compile.
+_COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+_compile_seconds = [0.0]
+
+
+def _count_compile(event: str, seconds: float, **_) -> None:
+    if event in _COMPILE_EVENTS:
+        _compile_seconds[0] += seconds
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compile)
+
 import jax.numpy as jnp  # noqa: E402
 import pytest  # noqa: E402
 
@@ -59,6 +77,18 @@ def pytest_collection_modifyitems(config, items):
     ]
     if bare:
         raise pytest.UsageError("slow tests without a reason= : " + ", ".join(bare))
+
+
+def pytest_runtest_logstart(nodeid, location):
+    _compile_seconds[0] = 0.0
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """The teardown report carries the test's compile seconds (setup + call + teardown)."""
+    if call.when == "teardown":
+        item.user_properties.append(("compile_seconds", round(_compile_seconds[0], 2)))
+    return (yield)
 
 
 @pytest.fixture(scope="session")

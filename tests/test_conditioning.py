@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from shared_work import exclusively, shared_folder
 
 from configs import common, conditioning
 from nuwa_jax import diffusion
@@ -130,9 +131,10 @@ def test_every_variant_of_the_ablation_builds():
 
 @pytest.fixture(scope="module")
 def probe_work(tmp_path_factory):
-    """One directory for both slow probes: 8 training episodes, their latent store and
-    4 held-out episodes, rendered and encoded once (Setting.prepare reuses them)."""
-    return tmp_path_factory.mktemp("conditioning")
+    """One folder for both slow probes, shared by the test workers: 8 training episodes,
+    their latent store and 4 held-out episodes, rendered and encoded once per run
+    (Setting.prepare reuses them; `_trained` prepares under the folder's lock)."""
+    return shared_folder(tmp_path_factory, "conditioning")
 
 
 def _trained(variant: str, work, steps: int):
@@ -143,9 +145,11 @@ def _trained(variant: str, work, steps: int):
     devices = jax.devices()[:1]
     cfg = conditioning.get_config(variant)
     cfg.diffusion.num_sampling_steps = 4
-    setting = Setting.prepare(
-        cfg, work, DEMO_BUNDLE, train_episodes=8, held_out_episodes=4, clips=8, devices=devices
-    )
+    with exclusively(work):
+        setting = Setting.prepare(
+            cfg, work, DEMO_BUNDLE, train_episodes=8, held_out_episodes=4, clips=8,
+            devices=devices,
+        )  # fmt: skip
     cfg = setting.train_config(cfg)
     cfg.train.update(num_steps=steps, checkpoint_every=steps, log_every=50)
     run = os.path.join(work, variant.replace(":", "_"))
@@ -161,9 +165,9 @@ def test_briefly_trained_local_mtd_reads_its_given_frames(probe_work, cut_condit
     the encoded ends (the paper's recipe, 600 steps: 9 dB below it, docs/models.md).
     With the condition cut (--cut-condition) both are about 10 dB and this fails."""
     setting, cfg, run = _trained("recipe", probe_work, STEPS)
-    result = setting.probe(cfg, run)["methods"]
-    blend = setting.reference(cfg, ["latent_blend"])["methods"]["latent_blend"]["psnr_pooled"]
+    result = setting.probe(cfg, run, references=["latent_blend"])["methods"]
     true, wrong = result["mtd"]["psnr_pooled"], result["mtd@wrong_ends"]["psnr_pooled"]
+    blend = result["latent_blend"]["psnr_pooled"]
     print(
         f"held-out stride-4 interpolation after {STEPS} steps (condition cut: {cut_condition})"
         f": {true:.2f} dB with the true ends, {wrong:.2f} dB with another clip's, latent "
@@ -181,8 +185,7 @@ def test_briefly_trained_global_mtd_shows_the_place_its_captions_name(probe_work
     noise). With the condition cut (--cut-condition) the places follow no caption and
     this fails."""
     setting, cfg, run = _trained("recipe:global", probe_work, GLOBAL_STEPS)
-    own = setting.scene_adherence(cfg, run)
-    other = setting.scene_adherence(cfg, run, shift=1)
+    own, other = setting.scene_adherence(cfg, run, shifts=(0, 1))
     print(
         f"scene adherence after {GLOBAL_STEPS} steps (condition cut: {cut_condition}): "
         f"{own:.2f} (own captions), {other:.2f} (another clip's)"

@@ -110,11 +110,15 @@ class Setting:
             ckpt.restore_ema(run, {"mtd": models.mtds[self.level], "text": models.text})
         return Generator(config, models, self.mesh, self.rules, make_tokenizer(config.text))
 
-    def probe(self, config: Any, run: str | os.PathLike) -> dict[str, Any]:
+    def probe(
+        self, config: Any, run: str | os.PathLike, references: Sequence[str] = ()
+    ) -> dict[str, Any]:
         """interpolation.compare of the run's MTD with the true and the wrong ends:
-        methods 'mtd' and 'mtd@wrong_ends'."""
+        methods 'mtd' and 'mtd@wrong_ends', and `references` (e.g. 'latent_blend') on the
+        same clips with the same generator (one set of models built, not one per call)."""
         gen = self.generator(config, run)
-        return interpolation.compare(gen, self.clips, ["mtd"], self.level, wrong_ends=True)
+        methods = ["mtd", *references]
+        return interpolation.compare(gen, self.clips, methods, self.level, wrong_ends=True)
 
     def reference(
         self, config: Any, methods: Sequence[str] = ("blend", "latent_blend", "vae")
@@ -124,30 +128,37 @@ class Setting:
         gen = self.generator(config, None)
         return interpolation.compare(gen, self.clips, list(methods), self.level)
 
-    def scene_adherence(self, config: Any, run: str | os.PathLike, shift: int = 0) -> float:
-        """Share of the frames that a global run samples for the held-out clips (nothing
-        given, one caption per frame) whose scenery is the place their caption names.
-        `shift`: clip c takes the captions of clip c + shift (the same noise, other words)."""
+    def scene_adherence(
+        self, config: Any, run: str | os.PathLike, shifts: Sequence[int] = (0,)
+    ) -> list[float]:
+        """For each shift, the share of the frames that a global run samples for the
+        held-out clips (nothing given, one caption per frame) whose scenery is the place
+        their caption names. Shift s: clip c takes the captions of clip c + s (the same
+        noise, other words); 0 is each clip's own. One generator serves every shift."""
         gen = self.generator(config, run)
         clips = self.clips
         C, L = clips.truth.shape[:2]
-        captions = np.roll(np.array(clips.captions, object).reshape(C, L), -shift, axis=0)
         index = np.arange(C * L).reshape(C, L)
-        store = LatentStore(C * L, gen.latent_shape)
-        gen.sample_segments(
-            "probe",
-            index,
-            np.zeros((C, L), bool),
-            store,
-            0,
-            level=0,
-            progress=False,
-            backbone="mtd",
-            model_level=0,
-            prompts=list(captions.reshape(-1)),
-        )
-        frames = np.concatenate([video_io.to_uint8(gen.decode(store.latents[i])) for i in index])
-        shown = SceneClassifier(frames.shape[1]).classify(frames)
-        named = [parse_caption(c)[1] for c in captions.reshape(-1)]
-        hits = [s == n for s, n in zip(shown, named, strict=True) if n is not None]
-        return float(np.mean(hits)) if hits else float("nan")
+        shares = []
+        for shift in shifts:
+            captions = np.roll(np.array(clips.captions, object).reshape(C, L), -shift, axis=0)
+            store = LatentStore(C * L, gen.latent_shape)
+            gen.sample_segments(
+                "probe",
+                index,
+                np.zeros((C, L), bool),
+                store,
+                0,
+                level=0,
+                progress=False,
+                backbone="mtd",
+                model_level=0,
+                prompts=list(captions.reshape(-1)),
+            )
+            frames = [video_io.to_uint8(gen.decode(store.latents[i])) for i in index]
+            frames = np.concatenate(frames)
+            shown = SceneClassifier(frames.shape[1]).classify(frames)
+            named = [parse_caption(c)[1] for c in captions.reshape(-1)]
+            hits = [a == b for a, b in zip(shown, named, strict=True) if b is not None]
+            shares.append(float(np.mean(hits)) if hits else float("nan"))
+        return shares

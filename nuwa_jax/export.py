@@ -263,7 +263,6 @@ def export_hierarchy(
     and shapes, the VAE its latents came from) before anything is written. `vae_bundle`:
     the VAE is that bundle's (read whole first, so `out` may be the same bundle).
     """
-    from flax import nnx
 
     from nuwa_jax.hierarchy import bundle
     from nuwa_jax.hierarchy.models import HierarchyModels, check_hierarchy, vae_class
@@ -394,9 +393,7 @@ def export_hierarchy(
         sources["mardini"] = mardini_run[2]
 
     # Networks no run trained: built as the trainer builds its frozen ones.
-    make = lambda ctor, seed: parallel.create_sharded_model(  # noqa: E731
-        lambda: ctor(nnx.Rngs(seed)), mesh, rules
-    )
+    make = lambda ctor, seed: parallel.create_sharded_model(ctor, mesh, rules, seed)  # noqa: E731
     if not config.text.trainable and not mardini_only:
         text = make(lambda r: TextEncoder(config.text, config.compute, rngs=r), config.seed)
         if config.text.kind == "clip":

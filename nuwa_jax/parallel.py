@@ -201,23 +201,29 @@ def abstract_model(make_model: Callable[[], M], mesh: Mesh, rules: Rules):
     return graphdef, abstract
 
 
-def create_sharded_model(make_model: Callable[[], M], mesh: Mesh, rules: Rules) -> M:
-    """Builds `make_model()` with every variable created directly in its sharding.
+def create_sharded_model(
+    make_model: Callable[[nnx.Rngs], M], mesh: Mesh, rules: Rules, seed: int
+) -> M:
+    """Builds `make_model(nnx.Rngs(seed))` with every variable created directly in its
+    sharding.
 
     One jitted init, traced once: each variable's logical names give its target sharding,
     applied as a sharding constraint on the freshly initialised value, so each device
-    computes only its own shards and no host ever holds a full copy.
+    computes only its own shards and no host ever holds a full copy. The seed enters as
+    an argument (its key; nnx.Rngs(seed) draws the same streams), so every seed of one
+    architecture runs the same compiled init: the MTDs of a hierarchy's levels compile
+    once, not once each.
     """
     built: dict[str, Any] = {}
 
-    def init():
-        graphdef, state = nnx.split(make_model())
+    def init(key: jax.Array):
+        graphdef, state = nnx.split(make_model(nnx.Rngs(key)))
         built["graphdef"] = graphdef
         shardings = state_shardings(state, mesh, rules)
         return jax.tree.map(jax.lax.with_sharding_constraint, state, shardings)
 
     with jax.set_mesh(mesh):
-        state = jax.jit(init)()
+        state = jax.jit(init)(jax.random.key(seed))
     return nnx.merge(built["graphdef"], state)
 
 

@@ -432,7 +432,7 @@ def test_frozen_text_is_one_shared_encoder_from_the_seed(tmp_path):
     mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
     models = bundle.load_bundle(out, cfg, mesh, rules)
     init = parallel.create_sharded_model(
-        lambda: TextEncoder(cfg.text, cfg.compute, rngs=nnx.Rngs(cfg.seed)), mesh, rules
+        lambda r: TextEncoder(cfg.text, cfg.compute, rngs=r), mesh, rules, cfg.seed
     )
     loaded, expected = params_of(models.text), params_of(init)
     assert loaded.keys() == expected.keys()

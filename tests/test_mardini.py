@@ -196,8 +196,8 @@ def test_sharded_equals_unsharded():
     config.compute.remat_policy = "dots"
     mesh, rules = parallel.make_mesh(config.mesh), parallel.logical_rules(config)
     assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
-    make = lambda: mardini.MarDini(config.mardini, config.compute, rngs=nnx.Rngs(0))
-    sharded = parallel.create_sharded_model(make, mesh, rules)
+    make = lambda r: mardini.MarDini(config.mardini, config.compute, rngs=r)  # noqa: E731
+    sharded = parallel.create_sharded_model(make, mesh, rules, 0)
     eager = mardini.MarDini(cfg.mardini, cfg.compute, rngs=nnx.Rngs(0))
     want_init = nnx.to_flat_state(nnx.state(eager, nnx.Param))
     got_init = dict(nnx.to_flat_state(nnx.state(sharded, nnx.Param)))

@@ -255,9 +255,7 @@ def test_dod_with_mardini_locals_keeps_the_mtd_keyframes(models):
     cfg.diffusion.guidance_scale = 1.0  # the MTDs' guidance is tested elsewhere
     # 2 data devices: a level's 2 segments are one call, each device one of them.
     mesh, rules = parallel.make_mesh(cfg.mesh, jax.devices()[:2]), parallel.logical_rules(cfg)
-    make = lambda ctor, seed: parallel.create_sharded_model(  # noqa: E731
-        lambda: ctor(nnx.Rngs(seed)), mesh, rules
-    )
+    make = lambda ctor, seed: parallel.create_sharded_model(ctor, mesh, rules, seed)  # noqa: E731
     text = make(lambda r: TextEncoder(cfg.text, cfg.compute, rngs=r), 0)
     mtd = make(lambda r: MTD(cfg.mtd, cfg.compute, rngs=r), 2)
     moved = models.reshard(mesh, rules)
@@ -351,9 +349,7 @@ def level_models(models):
     and 2 (level ids 0 and 1) with a random level embedding, so the level id matters."""
     cfg = level_config()
     mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
-    make = lambda ctor, seed: parallel.create_sharded_model(  # noqa: E731
-        lambda: ctor(nnx.Rngs(seed)), mesh, rules
-    )
+    make = lambda ctor, seed: parallel.create_sharded_model(ctor, mesh, rules, seed)  # noqa: E731
     text = make(lambda r: TextEncoder(cfg.text, cfg.compute, rngs=r), 0)
     glob, local = (make(lambda r: MTD(cfg.mtd, cfg.compute, rngs=r), s) for s in (2, 3))
     table = local.level_embedding[...]

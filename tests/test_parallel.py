@@ -89,7 +89,7 @@ def test_sharded_model_and_computation_equal_unsharded():
     cfg = common.base("tiny")
     cfg.mesh.update(ici_fsdp=2, ici_tensor=2)
     mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
-    sharded = parallel.create_sharded_model(lambda: TwoLayer(nnx.Rngs(0)), mesh, rules)
+    sharded = parallel.create_sharded_model(TwoLayer, mesh, rules, 0)
     plain = TwoLayer(nnx.Rngs(0))
     assert sharded.w1[...].sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
     assert len(sharded.w1[...].addressable_shards) == 8

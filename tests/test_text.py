@@ -336,9 +336,9 @@ def test_text_encoder_sharded_matches_unsharded():
     cfg.mesh.ici_fsdp, cfg.mesh.ici_tensor = 2, 2
     mesh = parallel.make_mesh(cfg.mesh)
     rules = parallel.logical_rules(cfg)
-    make = lambda: text.TextEncoder(cfg.text, cfg.compute, rngs=nnx.Rngs(3))
-    sharded = parallel.create_sharded_model(make, mesh, rules)
-    plain = make()
+    make = lambda r: text.TextEncoder(cfg.text, cfg.compute, rngs=r)  # noqa: E731
+    sharded = parallel.create_sharded_model(make, mesh, rules, 3)
+    plain = make(nnx.Rngs(3))
     kernel = sharded.encoder.encoder.layers[0].mlp.fc1.kernel[...]
     assert kernel.sharding.spec == parallel.logical_to_spec(("embed", "mlp"), rules, mesh)
     tokens = text.ByteTokenizer(cfg.text.max_length)([f"prompt {i}" for i in range(8)])

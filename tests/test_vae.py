@@ -158,9 +158,9 @@ def test_sharded_tklvae_matches_unsharded():
     cfg.vae.block_out_channels = (16, 32)  # every code path, fewer parameters to trace
     mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
     assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
-    make = lambda: vae_lib.TKLVAE(cfg.vae, cfg.compute, rngs=nnx.Rngs(3))
-    plain = make()
-    sharded = parallel.create_sharded_model(make, mesh, rules)
+    make = lambda r: vae_lib.TKLVAE(cfg.vae, cfg.compute, rngs=r)  # noqa: E731
+    plain = make(nnx.Rngs(3))
+    sharded = parallel.create_sharded_model(make, mesh, rules, 3)
     conv = sharded.encoder.down_blocks[1].resnets[0].conv1.kernel[...]
     assert conv.sharding.spec == jax.sharding.PartitionSpec(None, None, "fsdp", "tensor")
     np.testing.assert_array_equal(conv, plain.encoder.down_blocks[1].resnets[0].conv1.kernel[...])

@@ -170,7 +170,6 @@ def load_vae(
     `vae_bundle`: a hierarchy bundle's 'vae' (its 16-bit weights, cast to
     compute.param_dtype); the provenance is `bundle.vae_identity`.
     """
-    from flax import nnx
 
     from nuwa_jax import parallel
     from nuwa_jax.hierarchy.models import vae_class
@@ -187,7 +186,7 @@ def load_vae(
         )
     seed = config.seed + 1
     vae = parallel.create_sharded_model(
-        lambda: vae_class(config)(config.vae, config.compute, rngs=nnx.Rngs(seed)), mesh, rules
+        lambda r: vae_class(config)(config.vae, config.compute, rngs=r), mesh, rules, seed
     )
     info: dict[str, Any] = dict(
         config_hash=pipeline.vae_config_hash(config.vae),

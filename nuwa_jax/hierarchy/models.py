@@ -140,7 +140,7 @@ class HierarchyModels:
 
         def make(ctor, s):
             if not abstract:
-                return parallel.create_sharded_model(lambda: ctor(nnx.Rngs(s)), mesh, rules)
+                return parallel.create_sharded_model(ctor, mesh, rules, s)
             kind = ctor.__code__  # the text, VAE or MTD constructor below
             if kind not in traced:
                 traced[kind] = parallel.abstract_model(lambda: ctor(nnx.Rngs(s)), mesh, rules)

@@ -268,9 +268,7 @@ def build_models(config: Any, mesh, rules) -> tuple[dict, dict, int | None]:
     """
     check_hierarchy(config)
     t, seed = config.train, config.seed
-    make = lambda ctor, s: parallel.create_sharded_model(  # noqa: E731
-        lambda: ctor(nnx.Rngs(s)), mesh, rules
-    )
+    make = lambda ctor, s: parallel.create_sharded_model(ctor, mesh, rules, s)  # noqa: E731
     vae = make(lambda r: vae_class(config)(config.vae, config.compute, rngs=r), seed + 1)
     if config.vae.pretrained_dir:
         from nuwa_jax.convert import common as convert_common

@@ -57,6 +57,7 @@ import pytest  # noqa: E402
 
 from nuwa_jax.models.mardini import MarDini  # noqa: E402
 from nuwa_jax.models.mtd import MTD  # noqa: E402
+from nuwa_jax.train import trainer  # noqa: E402
 
 
 def pytest_addoption(parser):
@@ -91,6 +92,42 @@ def pytest_runtest_makereport(item, call):
     return (yield)
 
 
+# -----------------------------------------------------------------------------------------
+# One train step per configuration for the session.
+# -----------------------------------------------------------------------------------------
+_TRAIN_STEPS: dict = {}  # (config, mesh, rules) -> (TrainStep, an untouched step-0 state)
+_make_train_step = trainer.make_train_step
+
+
+def _copy(state):
+    return jax.tree.map(lambda x: x.copy(), state)  # new buffers, same shardings
+
+
+def shared_make_train_step(config, mesh, rules, tokenizer):
+    """trainer.make_train_step, built once per worker for each configuration: a later call
+    with the same config, mesh and rules gets the same jitted step (no retrace, no new
+    compile) and a fresh copy of the step-0 state, as the first call's was before any step
+    donated it. The tests that run `train` several times on one config (resume, NaN,
+    damaged checkpoints, the workdir lock) pay for the models and the step once. Exact:
+    the step is a function of these three (the tokenizer follows config.text)."""
+    devices = tuple(d.id for d in mesh.devices.flat)
+    key = (repr(config.to_dict()), mesh.axis_names, mesh.devices.shape, devices, repr(rules))
+    if key not in _TRAIN_STEPS:
+        step, state = _make_train_step(config, mesh, rules, tokenizer)
+        _TRAIN_STEPS[key] = (step, _copy(state))
+        return step, state
+    step, state = _TRAIN_STEPS[key]
+    return step, _copy(state)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_train_steps():
+    """Every test's `train` and make_train_step go through shared_make_train_step."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainer, "make_train_step", shared_make_train_step)
+        yield _TRAIN_STEPS
+
+
 @pytest.fixture(scope="session")
 def cache_dir() -> str:
     """The session's persistent compilation cache: trainer runs with the same config, in
@@ -109,6 +146,7 @@ def cut_condition(request, monkeypatch) -> bool:
     failing when the condition is cut (a check of the tests, not of the models)."""
     if not request.config.getoption("--cut-condition"):
         return False
+    _TRAIN_STEPS.clear()  # steps traced before the cut would keep the condition
     mtd_call, plan, denoise = MTD.__call__, MarDini.plan, MarDini.denoise
 
     def cut_mtd(self, x_t, t, context, cond, mask, level=None):

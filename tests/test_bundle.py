@@ -497,22 +497,18 @@ def test_trained_runs_to_video_with_checkpoint(tmp_path):
 # ---------------------------------------------------------------------------------------
 # Continuing from a bundle: train.init_from, a frozen VAE from a bundle, provenance.
 # ---------------------------------------------------------------------------------------
-_STEPS = {}  # (config, level) -> (train step, step-0 state): init_from leaves both intact
-
-
 def init_from_bundle(cfg, path, workdir, level=1):
-    """An 'mtd' run's step-0 state (make_train_step, nothing compiled) after init_from."""
+    """An 'mtd' run's step-0 state (make_train_step, nothing compiled; built once per
+    config for the session, tests/conftest.py) after init_from."""
     from nuwa_jax.models.text import make_tokenizer
     from nuwa_jax.train import trainer
 
     cfg = cfg.copy_and_resolve_references()
     cfg.train.model, cfg.train.level = "mtd", level
-    key = repr(cfg.to_dict())
-    if key not in _STEPS:
-        mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
-        _STEPS[key] = trainer.make_train_step(cfg, mesh, rules, make_tokenizer(cfg.text))
+    mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
+    step, state = trainer.make_train_step(cfg, mesh, rules, make_tokenizer(cfg.text))
     cfg.train.init_from = str(path)
-    return trainer.init_from(cfg, *_STEPS[key], workdir)
+    return trainer.init_from(cfg, step, state, workdir)
 
 
 @pytest.mark.slow(reason="exports a bundle, then trains an MTD from it")

@@ -1,8 +1,8 @@
 """The trainer: a falling loss, exact resume, SIGTERM, NaN stop, samples, profile, bad-record
 counts, shared local levels (CPU, 8 simulated devices; the jitted step alone: test_train_step).
 
-Tiny models at 16 px, global batch 8. Compiles go through the session's persistent compilation cache
-(tests/conftest.py; the trainer is re-jitted by every `train` call).
+Tiny models at 16 px, global batch 8. Compiles go through the session's persistent compilation
+cache, and `train` calls with one config share one train step per worker (tests/conftest.py).
 """
 
 import glob

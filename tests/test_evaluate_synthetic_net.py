@@ -68,8 +68,8 @@ def test_weights_round_trip_and_tampering_is_refused(tmp_path):
 
 
 def _run(module, *args):
-    env = {**os.environ, "PYTHONPATH": REPO, "XLA_FLAGS": ""}  # full XLA optimisation: the
-    # tests' fast-compile flags make training steps ~40x slower
+    env = {**os.environ, "PYTHONPATH": REPO, "XLA_FLAGS": ""}  # XLA's defaults: one
+    # device (not the tests' eight simulated ones) for these single-host tools
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         capture_output=True,

@@ -5,12 +5,14 @@
 
 Runs pytest in this process with the Makefile's options (two xdist workers, worksteal)
 and a small plugin that collects every test's report on the controller: its duration
-(setup + call + teardown), the part of it spent tracing and compiling (conftest.py
-measures it in each worker), outcome and markers. Appends one run to
-benchmarks/results/test_suite.json (earlier runs are kept, newest last): wall time, the
-sum of test times per marker (a test counts under each of its markers, and under
-"unmarked"), the 15 slowest tests, the counts of outcomes, report.environment()
-(machine, versions, date) and the load average at the start and at the end.
+(setup + call + teardown), the part of it spent tracing and compiling and its CPU
+seconds, subprocesses included (conftest.py measures both in each worker), outcome and
+markers. CPU seconds move less than wall seconds when the two workers share two cores.
+Appends one run to benchmarks/results/test_suite.json (earlier runs are kept, newest
+last): wall time, the sum of test times per marker (a test counts under each of its
+markers, and under "unmarked"), the sums of compile and CPU seconds, the 15 slowest
+tests, the counts of outcomes, report.environment() (machine, versions, date) and the
+load average at the start and at the end.
 """
 
 from __future__ import annotations
@@ -36,13 +38,17 @@ class Collector:
 
     def __init__(self):
         self.tests: dict[str, dict] = collections.defaultdict(
-            lambda: dict(seconds=0.0, compile_seconds=0.0, outcome="passed", markers=[])
+            lambda: dict(
+                seconds=0.0, compile_seconds=0.0, cpu_seconds=0.0, outcome="passed", markers=[]
+            )
         )
 
     def pytest_runtest_logreport(self, report):
         test = self.tests[report.nodeid]
         test["seconds"] += report.duration
-        test["compile_seconds"] += dict(report.user_properties).get("compile_seconds", 0.0)
+        props = dict(report.user_properties)
+        test["compile_seconds"] += props.get("compile_seconds", 0.0)
+        test["cpu_seconds"] += props.get("cpu_seconds", 0.0)
         test["markers"] = sorted(m for m in MARKERS if m in report.keywords)
         if report.failed:
             test["outcome"] = "failed"
@@ -61,10 +67,16 @@ def summarise(tests: dict[str, dict], wall: float) -> dict:
         wall_seconds=round(wall, 1),
         test_seconds=round(sum(t["seconds"] for t in tests.values()), 1),
         compile_seconds=round(sum(t["compile_seconds"] for t in tests.values()), 1),
+        cpu_seconds=round(sum(t["cpu_seconds"] for t in tests.values()), 1),
         per_marker_seconds={k: round(v, 1) for k, v in sorted(per_marker.items())},
         outcomes=dict(collections.Counter(t["outcome"] for t in tests.values())),
         slowest=[
-            dict(test=k, seconds=round(v["seconds"], 1), compile_seconds=v["compile_seconds"])
+            dict(
+                test=k,
+                seconds=round(v["seconds"], 1),
+                compile_seconds=round(v["compile_seconds"], 1),
+                cpu_seconds=round(v["cpu_seconds"], 1),
+            )
             for k, v in slowest
         ],
     )

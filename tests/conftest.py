@@ -6,6 +6,7 @@ flags are in place.
 
 import atexit
 import os
+import resource
 import shutil
 import tempfile
 
@@ -84,15 +85,31 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError("slow tests without a reason= : " + ", ".join(bare))
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and of its finished, waited-for children."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+_cpu_at_start = [0.0]
+
+
 def pytest_runtest_logstart(nodeid, location):
     _compile_seconds[0] = 0.0
+    _cpu_at_start[0] = _cpu_seconds()
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
-    """The teardown report carries the test's compile seconds (setup + call + teardown)."""
+    """The teardown report carries the test's compile seconds and CPU seconds (setup + call
+    + teardown; CPU time counts subprocesses too, and moves less than wall time when the
+    two workers share the cores)."""
     if call.when == "teardown":
         item.user_properties.append(("compile_seconds", round(_compile_seconds[0], 2)))
+        item.user_properties.append(("cpu_seconds", round(_cpu_seconds() - _cpu_at_start[0], 2)))
     return (yield)
 
 

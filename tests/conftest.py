@@ -166,7 +166,8 @@ def cut_condition(request, monkeypatch) -> bool:
     learning tests take this fixture, so that `pytest --cut-condition` shows each of them
     failing when the condition is cut (a check of the tests, not of the models)."""
     if not request.config.getoption("--cut-condition"):
-        return False
+        yield False
+        return
     _TRAIN_STEPS.clear()  # steps traced before the cut would keep the condition
     mtd_call, plan, denoise = MTD.__call__, MarDini.plan, MarDini.denoise
 
@@ -186,4 +187,5 @@ def cut_condition(request, monkeypatch) -> bool:
     monkeypatch.setattr(MTD, "__call__", cut_mtd)
     monkeypatch.setattr(MarDini, "plan", cut_plan)
     monkeypatch.setattr(MarDini, "denoise", cut_denoise)
-    return True
+    yield True
+    _TRAIN_STEPS.clear()  # and steps traced during it would keep the cut

@@ -160,22 +160,52 @@ def interruptible() -> Iterator[None]:
     """SIGTERM (and SIGINT) raise SystemExit(128 + signal) in the main thread, so the
     writers' cleanup (`finally`, `except BaseException`) removes every partial and finished
     file of the run; Python's default for SIGTERM ends the process with none of it run.
-    Further signals are ignored while that cleanup runs. The old handlers come back after."""
+    Further signals are ignored while that cleanup runs. The old handlers come back after.
+
+    Python runs a signal handler wherever the main thread is, a garbage-collector callback
+    or a `__del__` included, and an exception raised there is printed and dropped (a
+    stopped `generate` then went on and exited 0). Such a dropped SystemExit reaches
+    sys.unraisablehook, which delivers the signal again (10 ms later) until it is raised
+    where it propagates; a run that ends first exits 128 + signal all the same."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    signals = (signal.SIGTERM, signal.SIGINT)
 
     def stop(signum: int, frame: Any) -> None:
-        del frame
-        for s in (signal.SIGTERM, signal.SIGINT):
+        if frame is not None and frame.f_code is unraisable.__code__:
+            redeliver(signum)  # raised here it would be dropped too: once the hook is done
+            return
+        for s in signals:
             signal.signal(s, signal.SIG_IGN)
-        name = signal.Signals(signum).name
-        print(f"error: {name}: stopped; the run's output files are removed", file=sys.stderr)
+        if not stopped:
+            name = signal.Signals(signum).name
+            print(f"error: {name}: stopped; the run's output files are removed", file=sys.stderr)
+        stopped.append(signum)
         raise SystemExit(128 + signum)
 
-    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    def redeliver(signum: int) -> None:
+        signal.signal(signum, stop)
+        timers.append(threading.Timer(0.01, os.kill, (os.getpid(), signum)))
+        timers[-1].start()
+
+    def unraisable(info: Any) -> None:
+        if stopped and info.exc_type is SystemExit and info.exc_value.code == 128 + stopped[0]:
+            redeliver(stopped[0])  # a dropped stop: deliver the signal again
+            return
+        old_hook(info)
+
+    stopped: list[int] = []
+    timers: list[threading.Timer] = []
+    old = {s: signal.signal(s, stop) for s in signals}
+    old_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
     finally:
+        for timer in timers:
+            timer.cancel()
+        sys.unraisablehook = old_hook
         for s, handler in old.items():
             signal.signal(s, handler)
+    if stopped:  # stopped, but every delivery was dropped until the run had ended
+        raise SystemExit(128 + stopped[0])

@@ -1,8 +1,10 @@
 """Configs load for every preset; CLI overrides are strict and errors name the key."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -82,3 +84,26 @@ def test_cli_overrides_end_to_end():
     assert unknown.returncode == 2 and "unknown config key 'bogus' under mesh" in unknown.stderr
     wrong_type = _run_probe("--config.mesh.ici_fsdp=abc")
     assert wrong_type.returncode != 0 and "config.mesh.ici_fsdp" in wrong_type.stderr
+
+
+def test_a_stop_dropped_by_a_destructor_is_delivered_again(capsys):
+    """A SIGTERM whose handler runs inside a __del__ (as inside JAX's GC callback, where a
+    stopped `generate` once went on to exit 0) is dropped by Python; `interruptible`
+    delivers it again and the run stops part way, with status 128 + 15 and one message."""
+
+    class Dropper:
+        def __del__(self):
+            signal.raise_signal(signal.SIGTERM)
+            sum(range(10))  # the handler runs here, inside the destructor
+
+    steps = []
+    with pytest.raises(SystemExit) as stopped:
+        with cli.interruptible():
+            Dropper()
+            for i in range(500):
+                steps.append(i)
+                time.sleep(0.01)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert len(steps) < 500, "stopped only when the run had ended"
+    assert capsys.readouterr().err.count("error: SIGTERM: stopped") == 1
+    assert signal.getsignal(signal.SIGTERM) is not None  # the old handler is back

@@ -393,9 +393,9 @@ def export_hierarchy(
         sources["mardini"] = mardini_run[2]
 
     # Networks no run trained: built as the trainer builds its frozen ones.
-    make = lambda ctor, seed: parallel.create_sharded_model(ctor, mesh, rules, seed)  # noqa: E731
     if not config.text.trainable and not mardini_only:
-        text = make(lambda r: TextEncoder(config.text, config.compute, rngs=r), config.seed)
+        sections = (config.text, config.compute)
+        text = parallel.create_network(TextEncoder, sections, mesh, rules, config.seed)
         if config.text.kind == "clip":
             from nuwa_jax.convert.clip import load_clip_weights
 
@@ -408,7 +408,8 @@ def export_hierarchy(
         bundle.assign_components(vae_manifest, vae_tensors, config, {"vae": models.vae},
                                  hint="--vae_bundle: config.vae must be the bundle's")  # fmt: skip
     elif not vae_workdir:
-        vae = make(lambda r: vae_class(config)(config.vae, config.compute, rngs=r), config.seed + 1)
+        sections = (config.vae, config.compute)
+        vae = parallel.create_network(vae_class(config), sections, mesh, rules, config.seed + 1)
         if config.vae.pretrained_dir:
             from nuwa_jax.convert import common as convert_common
             from nuwa_jax.convert import vae as convert_vae

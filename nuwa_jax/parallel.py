@@ -191,29 +191,63 @@ def constrain(x: jax.Array, names: Sequence[str | None], rules: Rules, mesh: Mes
 # ---------------------------------------------------------------------------------------
 # Sharded model creation.
 # ---------------------------------------------------------------------------------------
-def abstract_model(make_model: Callable[[], M], mesh: Mesh, rules: Rules):
-    """(graphdef, abstract state with target shardings); nothing is allocated."""
+# What one process has traced of each network architecture, keyed by
+# (network_key(...), mesh, rules): an init is traced and lowered once, not once per model
+# built (a generator's MTDs of every level, the same network in a trainer and a probe).
+_INITS: dict[Any, tuple[Callable[[jax.Array], Any], nnx.GraphDef]] = {}
+_ABSTRACTS: dict[Any, tuple[nnx.GraphDef, Any]] = {}
+
+
+def network_key(cls: type, *sections: Any) -> tuple:
+    """A hashable naming what `cls(*sections, rngs=...)` builds: the class and the values
+    of its config sections (two configs equal in these build the same network)."""
+    values = (repr(s.to_dict()) if hasattr(s, "to_dict") else repr(s) for s in sections)
+    return (cls.__module__, cls.__qualname__, *values)
+
+
+def abstract_model(make_model: Callable[[], M], mesh: Mesh, rules: Rules, architecture: Any = None):
+    """(graphdef, abstract state with target shardings); nothing is allocated.
+
+    `architecture` (a network_key): the result is kept for this process and returned for
+    every later call with the same key, mesh and rules, without tracing make_model again.
+    """
+    key = None if architecture is None else (architecture, mesh, repr(rules))
+    if key in _ABSTRACTS:
+        return _ABSTRACTS[key]
     graphdef, abstract = nnx.split(nnx.eval_shape(make_model))
     shardings = state_shardings(abstract, mesh, rules)
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
     )
+    if key is not None:
+        _ABSTRACTS[key] = graphdef, abstract
     return graphdef, abstract
 
 
 def create_sharded_model(
-    make_model: Callable[[nnx.Rngs], M], mesh: Mesh, rules: Rules, seed: int
+    make_model: Callable[[nnx.Rngs], M],
+    mesh: Mesh,
+    rules: Rules,
+    seed: int,
+    architecture: Any = None,
 ) -> M:
     """Builds `make_model(nnx.Rngs(seed))` with every variable created directly in its
     sharding.
 
-    One jitted init, traced once: each variable's logical names give its target sharding,
-    applied as a sharding constraint on the freshly initialised value, so each device
-    computes only its own shards and no host ever holds a full copy. The seed enters as
-    an argument (its key; nnx.Rngs(seed) draws the same streams), so every seed of one
-    architecture runs the same compiled init: the MTDs of a hierarchy's levels compile
-    once, not once each.
+    One jitted init: each variable's logical names give its target sharding, applied as a
+    sharding constraint on the freshly initialised value, so each device computes only its
+    own shards and no host ever holds a full copy. The seed enters as an argument (its
+    key; nnx.Rngs(seed) draws the same streams), so every seed of one architecture runs
+    the same compiled init. `architecture` (a network_key naming exactly what make_model
+    builds): that jitted init is kept for the process, so every later model of the same
+    key, mesh and rules is built without tracing or lowering again (the MTDs of a
+    hierarchy's levels, the networks a generator rebuilds).
     """
+    key = None if architecture is None else (architecture, mesh, repr(rules))
+    if key in _INITS:
+        jitted, graphdef = _INITS[key]
+        with jax.set_mesh(mesh):
+            return nnx.merge(graphdef, jitted(jax.random.key(seed)))
     built: dict[str, Any] = {}
 
     def init(key: jax.Array):
@@ -222,9 +256,28 @@ def create_sharded_model(
         shardings = state_shardings(state, mesh, rules)
         return jax.tree.map(jax.lax.with_sharding_constraint, state, shardings)
 
+    jitted = jax.jit(init)
     with jax.set_mesh(mesh):
-        state = jax.jit(init)(jax.random.key(seed))
+        state = jitted(jax.random.key(seed))
+    if key is not None:
+        _INITS[key] = jitted, built["graphdef"]
     return nnx.merge(built["graphdef"], state)
+
+
+def create_network(cls: type[M], sections: Sequence[Any], mesh: Mesh, rules: Rules, seed: int) -> M:
+    """`cls(*sections, rngs=nnx.Rngs(seed))`, created sharded (create_sharded_model) with
+    its init traced once per process for each (class, sections, mesh, rules)."""
+    return create_sharded_model(
+        lambda r: cls(*sections, rngs=r), mesh, rules, seed, network_key(cls, *sections)
+    )
+
+
+def abstract_network(cls: type[M], sections: Sequence[Any], mesh: Mesh, rules: Rules):
+    """abstract_model of `cls(*sections, rngs=nnx.Rngs(0))`, kept for the process by
+    (class, sections, mesh, rules). Callers merge it with copy=True for new variables."""
+    return abstract_model(
+        lambda: cls(*sections, rngs=nnx.Rngs(0)), mesh, rules, network_key(cls, *sections)
+    )
 
 
 def reshard_model(model: M, mesh: Mesh, rules: Rules) -> M:

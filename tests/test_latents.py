@@ -9,6 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+import trainer_setup
 from flax import nnx
 
 from configs import common
@@ -235,10 +236,8 @@ def test_mtd_trains_from_latent_store(store_dir, tmp_path):
 def test_cli_encodes_with_a_trained_vae(frames_dir, tmp_path):
     """A 'vae' run's newest checkpoint: load_vae restores its EMA; the CLI writes a store
     recording that step, and a rerun skips every episode."""
-    cfg = tiny_config(frames_dir)
-    cfg.train.model = "vae"
-    cfg.train.num_steps, cfg.train.warmup_steps = 10, 1
-    state = trainer_lib.train(cfg, tmp_path / "vae", max_steps=2)
+    cfg = trainer_setup.tiny_config(frames_dir, "vae")  # the trainer tests' tiny VAE run:
+    state = trainer_lib.train(cfg, tmp_path / "vae", max_steps=2)  # its step compiled once
     mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
     vae, info = latents.load_vae(cfg, mesh, rules, vae_workdir=str(tmp_path / "vae"))
     assert info["weights"] == "checkpoint" and info["step"] == 2

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -110,6 +111,47 @@ def test_abstract_model_allocates_nothing_and_carries_shardings():
     leaves = jax.tree.leaves(abstract)
     assert all(isinstance(a, jax.ShapeDtypeStruct) for a in leaves)
     assert {a.sharding.spec for a in leaves} >= {jax.sharding.PartitionSpec("fsdp")}
+
+
+class Sized(nnx.Module):
+    """A network whose shape comes from a config section; counts its constructions."""
+
+    built = 0
+
+    def __init__(self, section, rngs: nnx.Rngs):
+        Sized.built += 1
+        init = nnx.initializers.normal()
+        self.w = nnx.Param(
+            nnx.with_partitioning(init, ("embed", "mlp"))(rngs.params(), (16, section.width))
+        )
+
+
+def test_create_network_traces_each_architecture_once():
+    """create_network == create_sharded_model for every seed; a second network of one
+    (class, sections, mesh, rules) runs the kept init (the constructor is not called
+    again), a different section value or mesh builds anew."""
+    cfg = common.base("tiny")
+    cfg.mesh.update(ici_fsdp=2, ici_tensor=2)
+    mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
+    section = ml_collections.ConfigDict(dict(width=32))
+    first = parallel.create_network(Sized, (section,), mesh, rules, 1)
+    built = Sized.built
+    second = parallel.create_network(Sized, (section,), mesh, rules, 2)
+    assert Sized.built == built  # no new trace
+    for seed, net in ((1, first), (2, second)):
+        want = parallel.create_sharded_model(lambda r: Sized(section, r), mesh, rules, seed)
+        np.testing.assert_array_equal(np.asarray(net.w[...]), np.asarray(want.w[...]))
+        assert net.w[...].sharding == want.w[...].sharding
+    assert not np.array_equal(np.asarray(first.w[...]), np.asarray(second.w[...]))
+    assert first.w is not second.w
+    wider = parallel.create_network(Sized, (ml_collections.ConfigDict(dict(width=48)),),
+                                    mesh, rules, 1)  # fmt: skip
+    assert wider.w[...].shape == (16, 48)
+    one = parallel.make_mesh(cfg.mesh.copy_and_resolve_references(), jax.devices()[:4])
+    on_four = parallel.create_network(Sized, (section,), one, rules, 1)
+    assert len(on_four.w[...].sharding.device_set) == 4
+    _, abstract = parallel.abstract_network(Sized, (section,), mesh, rules)
+    assert parallel.abstract_network(Sized, (section,), mesh, rules)[1] is abstract
 
 
 def test_batch_divisor():

@@ -174,13 +174,10 @@ def test_sigterm_saves_and_exits_zero_then_resumes(data_dir, cache_dir, tmp_path
 
 @pytest.mark.slow(reason="trains a tiny local-level MTD with frozen text")
 def test_local_level_mtd_with_frozen_text(data_dir, cache_dir, tmp_path, caplog):
-    """Level 1 windows: the given first/last frames are left out of the loss; a frozen
-    text encoder is not among the trained params. The run logs its distinct windows, and
-    that its store is not the benchmark the config would render."""
-    cfg = tiny_config(data_dir, "mtd")
-    cfg.mtd.block_out_channels = (16, 32)
-    cfg.train.level = 1
-    cfg.text.trainable = False
+    """Level 1 windows (bf16 compute): the given first/last frames are left out of the
+    loss; a frozen text encoder is not among the trained params. The run logs its distinct
+    windows, and that its store is not the benchmark the config would render."""
+    cfg = trainer_setup.local_mtd_config(data_dir)  # in bf16: test_bf16_compute_trains' step
     with caplog.at_level(logging.INFO):
         state = train(cfg, tmp_path, max_steps=2)
     assert set(state.params) == {"mtd"}

@@ -30,10 +30,13 @@ def data_dir(tmp_path_factory):
 @pytest.mark.parametrize("model", ["vae", "mtd"])
 def test_bf16_compute_trains(data_dir, cache_dir, model):
     """compute.dtype='bfloat16': the step's convolutions run in bf16, the params and EMA
-    stay float32, and two steps give finite losses that change the weights."""
+    stay float32, and two steps give finite losses that change the weights. The MTD is
+    test_train.py's local level with frozen text (trainer_setup.local_mtd_config), which
+    trains in bf16 too: one compile of that step per run, not two."""
     cfg = tiny_config(data_dir, model)
     cfg.compute.dtype = "bfloat16"
-    cfg.mtd.block_out_channels = (16, 32)
+    if model == "mtd":
+        cfg = trainer_setup.local_mtd_config(data_dir)
     mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
     tokenizer = make_tokenizer(cfg.text)
     step, state = trainer_lib.make_train_step(cfg, mesh, rules, tokenizer)

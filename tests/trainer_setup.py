@@ -23,3 +23,15 @@ def tiny_config(data_dir: str, model: str = "vae"):
     cfg.train.warmup_steps = 2
     cfg.train.checkpoint_replica_parallel = False
     return cfg
+
+
+def local_mtd_config(data_dir: str):
+    """The tiny MTD of local level 1 with a frozen text encoder, computing in bfloat16:
+    what test_train.py's frozen-text run and test_train_step.py's bf16 step both train
+    (one train step compiled per run for the two)."""
+    cfg = tiny_config(data_dir, "mtd")
+    cfg.mtd.block_out_channels = (16, 32)
+    cfg.train.level = 1
+    cfg.text.trainable = False
+    cfg.compute.dtype = "bfloat16"
+    return cfg

@@ -185,9 +185,8 @@ def load_vae(
             "--config.vae.pretrained_dir=DIR"
         )
     seed = config.seed + 1
-    vae = parallel.create_sharded_model(
-        lambda r: vae_class(config)(config.vae, config.compute, rngs=r), mesh, rules, seed
-    )
+    sections = (config.vae, config.compute)
+    vae = parallel.create_network(vae_class(config), sections, mesh, rules, seed)
     info: dict[str, Any] = dict(
         config_hash=pipeline.vae_config_hash(config.vae),
         config=pipeline.vae_signature(config.vae),

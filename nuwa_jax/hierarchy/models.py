@@ -136,26 +136,24 @@ class HierarchyModels:
             check_mardini(config, hierarchy=mtds and local_backbone(config) == "mardini")
         seed = config.seed if seed is None else seed
 
-        traced: dict[Any, tuple[Any, Any]] = {}  # abstract: one trace per architecture
-
-        def make(ctor, s):
+        def make(network, section, s):
+            """`network(section, config.compute)` with seed s: created sharded, or abstract
+            (each architecture traced once per process, parallel.create_network)."""
+            sections = (section, config.compute)
             if not abstract:
-                return parallel.create_sharded_model(ctor, mesh, rules, s)
-            kind = ctor.__code__  # the text, VAE or MTD constructor below
-            if kind not in traced:
-                traced[kind] = parallel.abstract_model(lambda: ctor(nnx.Rngs(s)), mesh, rules)
-            return nnx.merge(*traced[kind], copy=True)  # new, independent variables each time
+                return parallel.create_network(network, sections, mesh, rules, s)
+            traced = parallel.abstract_network(network, sections, mesh, rules)
+            return nnx.merge(*traced, copy=True)  # new, independent variables each time
 
-        vae = make(lambda r: vae_class(config)(config.vae, config.compute, rngs=r), seed + 1)
+        vae = make(vae_class(config), config.vae, seed + 1)
         net = None
         if with_mardini:
-            new_mardini = lambda r: MarDini(config.mardini, config.compute, rngs=r)  # noqa: E731
-            net = make(new_mardini, seed + MARDINI_SEED_OFFSET)
+            net = make(MarDini, config.mardini, seed + MARDINI_SEED_OFFSET)
         if not mtds:
             return cls(None, vae, (), (), mardini=net)
-        new_text = lambda: make(lambda r: TextEncoder(config.text, config.compute, rngs=r), seed)  # noqa: E731
+        new_text = lambda: make(TextEncoder, config.text, seed)  # noqa: E731
         text = new_text()
-        new_mtd = lambda s: make(lambda r: MTD(config.mtd, config.compute, rngs=r), s)  # noqa: E731
+        new_mtd = lambda s: make(MTD, config.mtd, s)  # noqa: E731
         depth = config.hierarchy.depth
         shared = config.hierarchy.share_local_models and depth > 1
         if shared:

@@ -269,7 +269,10 @@ def build_models(config: Any, mesh, rules) -> tuple[dict, dict, int | None]:
     check_hierarchy(config)
     t, seed = config.train, config.seed
     make = lambda ctor, s: parallel.create_sharded_model(ctor, mesh, rules, s)  # noqa: E731
-    vae = make(lambda r: vae_class(config)(config.vae, config.compute, rngs=r), seed + 1)
+    network = lambda cls, section, s: parallel.create_network(  # noqa: E731
+        cls, (section, config.compute), mesh, rules, s
+    )
+    vae = network(vae_class(config), config.vae, seed + 1)
     if config.vae.pretrained_dir:
         from nuwa_jax.convert import common as convert_common
         from nuwa_jax.convert import vae as convert_vae
@@ -296,9 +299,9 @@ def build_models(config: Any, mesh, rules) -> tuple[dict, dict, int | None]:
             frozen["lpips"] = parallel.reshard_model(lpips, mesh, rules)
         return trained, frozen, None
     if t.model == "mardini":
-        net = lambda r: MarDini(config.mardini, config.compute, rngs=r)  # noqa: E731
-        return {"mardini": make(net, seed + MARDINI_SEED_OFFSET)}, {"vae": vae}, None
-    text = make(lambda r: TextEncoder(config.text, config.compute, rngs=r), seed)
+        net = network(MarDini, config.mardini, seed + MARDINI_SEED_OFFSET)
+        return {"mardini": net}, {"vae": vae}, None
+    text = network(TextEncoder, config.text, seed)
     if config.text.kind == "clip":
         from nuwa_jax.convert.clip import load_clip_weights
 
@@ -306,7 +309,7 @@ def build_models(config: Any, mesh, rules) -> tuple[dict, dict, int | None]:
         text = parallel.reshard_model(text, mesh, rules)
     shared = shares_local_model(config)
     mtd_seed = seed + 3 if shared else seed + 2 + t.level
-    mtd = make(lambda r: MTD(config.mtd, config.compute, rngs=r), mtd_seed)
+    mtd = network(MTD, config.mtd, mtd_seed)
     trained, frozen = {"mtd": mtd}, {"vae": vae}
     (trained if config.text.trainable else frozen)["text"] = text
     return trained, frozen, (t.level - 1 if shared else None)

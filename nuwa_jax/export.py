@@ -5,6 +5,8 @@
     python -m nuwa_jax.export --config=configs/demo.py --vae_bundle=bundles/demo.json \
         --mtd_workdirs=runs/mtd0,runs/mtd_local --out=bundles/demo
     python -m nuwa_jax.export --config=configs/demo.py --random_weights --out=bundles/random
+    python -m nuwa_jax.export --config=configs/demo.py --base_bundle=bundles/demo.json \
+        --mardini_workdir=runs/mardini_joint --out=bundles/demo
 
 `--config` is the bundle's config (the default config of every generation from it).
 Each run's newest checkpoint gives its EMA parameters (an orbax partial restore of the
@@ -36,6 +38,11 @@ learned from it: trained on a latent store (data.latents_dir) that this VAE run 
 learned from a latent store that `nuwa_jax.data.latents --vae_bundle` encoded with it
 (compared by the sha256 of the VAE's tensors). Any other pairing is refused naming the
 run and both VAEs (--allow_vae_mismatch exports anyway and records the mismatch).
+
+--base_bundle: an existing bundle gains the MarDini run (or has its MarDini replaced) and
+keeps every other network byte for byte, with its `sources` entry: the MarDini must have
+learned the latents of that bundle's VAE (a latent store `nuwa_jax.data.latents
+--vae_bundle` encoded with it), and --config must describe the bundle's networks.
 
 Provenance: every run's `sources` entry has `total_steps`, the steps its network has been
 trained in all; a run started from a bundle or another run (train.init_from) adds
@@ -256,12 +263,14 @@ def export_hierarchy(
     random_weights: bool = False,
     dtype: str = "bfloat16",
     allow_vae_mismatch: bool = False,
+    base_bundle: str | None = None,
 ) -> dict[str, Any]:
     """Builds the hierarchy from trainer runs (or randomly) and writes it as a bundle.
 
     Returns the manifest. Every run is checked (config fields, train.model / level, keys
     and shapes, the VAE its latents came from) before anything is written. `vae_bundle`:
     the VAE is that bundle's (read whole first, so `out` may be the same bundle).
+    `base_bundle`: that bundle's networks unchanged plus the MarDini run (join_base).
     """
 
     from nuwa_jax.hierarchy import bundle
@@ -274,6 +283,13 @@ def export_hierarchy(
         raise ValueError("--random_weights exports the config's initialisation: give no workdirs")
     if vae_workdir and vae_bundle:
         raise ValueError("give one of --vae_workdir and --vae_bundle, not both")
+    if base_bundle:
+        if vae_workdir or vae_bundle or mtd_workdirs or random_weights or not mardini_workdir:
+            raise ValueError(
+                "--base_bundle takes --mardini_workdir alone: every other network is the "
+                "base bundle's, unchanged"
+            )
+        vae_bundle = base_bundle  # its VAE: the one the MarDini must have learned
     expected = mtd_runs_expected(config)
     shared_local = expected != config.hierarchy.depth  # global + one shared local MTD
     backbone = config.hierarchy.get("local_backbone", "mtd")
@@ -370,6 +386,8 @@ def export_hierarchy(
         check_run_config(name, saved, config, mardini_fields(config, saved))
         learned = learned_vae(name, saved, "MarDini")
         mardini_run = (workdir, step, run_source(workdir, step, "mardini", vae=learned))
+    if base_bundle:
+        return join_base(config, out, vae_manifest, vae_tensors, mardini_run, dtype)
 
     # Abstract networks (nothing initialised): the runs' parameters are restored into them.
     models = HierarchyModels.create(config, mesh, rules, per_level_text=per_level, abstract=True,
@@ -425,6 +443,54 @@ def export_hierarchy(
     return bundle.write_bundle(models, config, out, dtype=dtype, sources=sources)
 
 
+def join_base(
+    config: Any,
+    out: str | os.PathLike,
+    manifest: dict[str, Any],
+    tensors: dict[str, Any],
+    mardini_run: tuple[str, int, dict[str, Any]],
+    dtype: str,
+) -> dict[str, Any]:
+    """Writes the bundle of `manifest` / `tensors` with the (checked) MarDini run added, or
+    in place of its MarDini: every other tensor and `sources` entry is kept as it is
+    (BundleError, before anything is written, if one would change)."""
+    import numpy as np
+
+    from nuwa_jax.hierarchy import bundle
+    from nuwa_jax.hierarchy.models import HierarchyModels
+
+    weights = manifest["weights_path"]
+    if dtype != manifest["dtype"]:
+        raise ValueError(
+            f"--dtype={dtype}: {weights} is {manifest['dtype']}, and its networks stay as they are"
+        )
+    held = {k.split("/", 1)[0] for k in tensors} - {"mardini"}
+    mesh, rules = parallel.make_mesh(config.mesh), parallel.logical_rules(config)
+    models = HierarchyModels.create(
+        config, mesh, rules, per_level_text=manifest["text_layout"] == "per_level",
+        abstract=True, mardini=True, mtds="mtd_global" in held,
+    )  # fmt: skip
+    kept = {n: m for n, m in models.components().items() if n != "mardini"}
+    if set(kept) != held:
+        raise bundle.BundleError(
+            f"{weights} holds {', '.join(sorted(held))}, but this config's hierarchy has "
+            f"{', '.join(sorted(kept))}: --config must describe the base bundle"
+        )
+    hint = "--base_bundle: --config must describe the base bundle"
+    bundle.assign_components(manifest, tensors, config, kept, hint=hint)
+    workdir, step, source = mardini_run
+    restore_run(workdir, step, {"mardini": models.mardini})
+    logging.info("restored the EMA of %s into the MarDini", _run_name(workdir, step))
+    new = bundle.bundle_tensors(models, dtype)
+    changed = [k for k, v in tensors.items() if not k.startswith("mardini/")
+               and (k not in new or new[k].tobytes() != np.asarray(v).tobytes())]  # fmt: skip
+    if changed:
+        raise bundle.BundleError(f"{weights}: joining the MarDini would change {changed[:8]}")
+    sources = {k: v for k, v in manifest.get("sources", {}).items() if k != "mardini"}
+    sources["mardini"] = dict(source, base_bundle=dict(path=weights, sha256=manifest["sha256"]))
+    return bundle.write_bundle(models, config, out, dtype=dtype, sources=sources)
+
+
 # ---------------------------------------------------------------------------------------
 # CLI.
 # ---------------------------------------------------------------------------------------
@@ -455,6 +521,12 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
         allow_vae=flags.DEFINE_bool(
             "allow_vae_mismatch", False, "Export even if an MTD learned another VAE's latents."
         ),
+        base=flags.DEFINE_string(
+            "base_bundle",
+            None,
+            "An existing bundle (may be --out itself) that gains --mardini_workdir's MarDini, "
+            "every other network unchanged.",
+        ),
     )
 
 
@@ -475,6 +547,7 @@ def main(argv: list[str], flag_values: dict[str, flags.FlagHolder]) -> None:
             random_weights=flag_values["random"].value,
             dtype=flag_values["dtype"].value,
             allow_vae_mismatch=flag_values["allow_vae"].value,
+            base_bundle=flag_values["base"].value,
         )
     except (ValueError, FileNotFoundError) as e:  # BundleError, RunMismatchError, key errors
         print(f"error: {e}", file=sys.stderr)

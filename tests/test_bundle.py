@@ -372,6 +372,54 @@ def test_mardini_joins_a_bundle_or_makes_one_with_the_vae(runs, exported, tmp_pa
                  backbone="mtd", level=1)  # fmt: skip
 
 
+def test_mardini_joins_an_existing_bundle_unchanged(runs, exported, tmp_path):
+    """--base_bundle: the bundle gains the MarDini (its EMA), every other tensor and source
+    kept byte for byte, written over the base itself; joining again replaces the MarDini.
+    A MarDini that learned another VAE's latents, other runs and another dtype are refused."""
+    root, cfg, _ = runs
+    base = tmp_path / "demo"  # a copy of the exported bundle, joined in place
+    for suffix in (".json", ".safetensors"):
+        (tmp_path / f"demo{suffix}").write_bytes(
+            (exported[0].parent / f"tiny{suffix}").read_bytes()
+        )
+    manifest, tensors = bundle.read_bundle(base)
+    store = tmp_path / "latents"  # what `nuwa_jax.data.latents --vae_bundle` records
+    store.mkdir()
+    identity = bundle.vae_identity(manifest, tensors)
+    (store / "metadata.json").write_text(json.dumps({"latent": {"vae": dict(
+        weights="bundle", path=identity["path"], sha256=identity["sha256"],
+        vae_sha256=identity["vae_sha256"])}}))  # fmt: skip
+    run = str(tmp_path / "mardini")
+    mardini_ema = save_run(run, cfg, "mardini", latents_dir=str(store), seed=7)
+    other = str(tmp_path / "other")  # learned the latents of the VAE run, not the bundle's
+    save_run(other, cfg, "mardini", latents_dir=str(root / "latents"), seed=8)
+    with pytest.raises(RunMismatchError, match="learned the latents of VAE"):
+        export_hierarchy(cfg, base, base_bundle=str(base), mardini_workdir=other)
+    with pytest.raises(ValueError, match="--base_bundle takes --mardini_workdir alone"):
+        export_hierarchy(cfg, base, base_bundle=str(base), mardini_workdir=run,
+                         mtd_workdirs=[str(root / "mtd0")])  # fmt: skip
+    with pytest.raises(ValueError, match="--dtype=float16: .*demo.safetensors is bfloat16"):
+        export_hierarchy(cfg, base, base_bundle=str(base), mardini_workdir=run, dtype="float16")
+    assert bundle.read_bundle(base)[0]["sha256"] == manifest["sha256"]  # refusals wrote nothing
+
+    based_on = manifest["sha256"]
+    for _ in range(2):  # the second join replaces the MarDini the first one added
+        joined = export_hierarchy(cfg, base, base_bundle=str(base), mardini_workdir=run)
+        assert set(joined["parameters"]) == set(manifest["parameters"]) | {"mardini"}
+        new = bundle.read_bundle(base)[1]
+        assert {k: v.tobytes() for k, v in new.items() if not k.startswith("mardini/")} == {
+            k: v.tobytes() for k, v in tensors.items()}  # fmt: skip
+        sources = joined["sources"]
+        assert {k: v for k, v in sources.items() if k != "mardini"} == manifest["sources"]
+        assert sources["mardini"]["workdir"] == run
+        assert sources["mardini"]["base_bundle"]["sha256"] == based_on
+        based_on = joined["sha256"]
+    mesh, rules = parallel.make_mesh(cfg.mesh), parallel.logical_rules(cfg)
+    models = bundle.load_bundle(base, cfg, mesh, rules)
+    for path, value in params_of(models.mardini).items():
+        np.testing.assert_array_equal(value, as_bf16(mardini_ema[f"mardini.{path}"]), err_msg=path)
+
+
 @pytest.mark.slow(reason="exports a trained bundle and compiles its local MTD's sampler in the CLI")
 def test_interpolation_cli_with_the_bundles_local_mtd(exported, tmp_path):
     """`generate --checkpoint=B --task=interpolation --level=1 --save_frames --prompt=...`

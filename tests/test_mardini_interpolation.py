@@ -15,9 +15,11 @@ episodes never trained on.
 The reference is `latent_blend` (nuwa_jax.evaluate.interpolation): the encoded ends mixed
 linearly and decoded, the blend in the space MarDini generates, with the same VAE error.
 MarDini must come within 1.5 dB of it, pooled over every clip and in the per-clip mean
-over the moving clips. Measured on 2 cores (2026-12-07), pooled / moving: MarDini 22.34 /
-24.16 dB against 22.93 / 24.80 (2000 steps: 22.77 / 24.71, 50 s more); with the
-condition cut (it never sees the ends) 9.29 / 10.13 dB.
+over the moving clips, and beat itself given another clip's ends (`mardini@wrong_ends`)
+by 5 dB pooled (issue 30: a MarDini that ignores its given frames fails). Measured on 2
+cores (2026-12-07), pooled / moving: MarDini 22.34 / 24.16 dB against 22.93 / 24.80
+(2000 steps: 22.77 / 24.71, 50 s more), with another clip's ends 8.31 / 11.97 dB; with
+the condition cut (it never sees the ends) 9.29 / 10.13 dB.
 The longer setting that beats both blends (32 episodes, 3000 steps: MarDini 23.16 dB
 pooled against the latent blend's 22.73) is in docs/mardini.md.
 """
@@ -92,7 +94,8 @@ def test_interpolation_near_the_latent_blend_after_short_training(tmp_path, cut_
                                          np.random.default_rng(0), first_episode=HELD_OUT,
                                          episodes=HELD_OUT_EPISODES, frames=frames)  # fmt: skip
     assert clips.moving.sum() > 0.75 * len(clips.truth)  # there is something to interpolate
-    result = interpolation.compare(generator, clips, ["mardini", "blend", "latent_blend"], 1)
+    result = interpolation.compare(generator, clips, ["mardini", "blend", "latent_blend"], 1,
+                                   wrong_ends=True)  # fmt: skip
     pooled = {m: r["psnr_pooled"] for m, r in result["methods"].items()}
     moving = {m: r["moving"]["psnr_mean"] for m, r in result["methods"].items()}
     print(
@@ -101,3 +104,5 @@ def test_interpolation_near_the_latent_blend_after_short_training(tmp_path, cut_
     )
     assert pooled["mardini"] > pooled["latent_blend"] - 1.5, pooled
     assert moving["mardini"] > moving["latent_blend"] - 1.5, moving
+    # Given another clip's ends it must do far worse: it reads the ends it is given.
+    assert pooled["mardini"] > pooled["mardini@wrong_ends"] + 5.0, pooled

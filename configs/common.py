@@ -535,8 +535,8 @@ def mardini_curriculum(preset: str) -> ml_collections.ConfigDict:
             joint=stage(100, 0.06, 0.3, 0, 32),
         )
     elif preset == "demo":  # every stage at the stored 32 px: trains on the latent store
-        # Steps for 80 minutes on 2 CPU cores at batch 8 (0.25 / 1.4 / 1.75 s a step
-        # measured, docs/mardini.md): 4 + 23 + 47 minutes of steps.
+        # Steps for 80 minutes on 2 CPU cores at batch 8 (about 0.2 / 1.1 / 1.9 s a step
+        # measured, docs/mardini.md): 3 + 21 + 50 minutes.
         rows = dict(
             planner=stage(1000, 0.35, 1.0, 4, 32),
             generator=stage(1000, 0.15, 0.6, 0, 32),
